@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/thresholdtunnel/threshold/forward"
+	"github.com/thresholdtunnel/threshold/netstack"
+	"github.com/thresholdtunnel/threshold/wg"
+)
+
+const (
+	// persistentKeepalive keeps the NAT mapping towards the server open.
+	persistentKeepalive = 25 * time.Second
+	// reresolveAfter: when the server has not answered for this long, look
+	// its host name up again in case its address changed.
+	reresolveAfter = 30 * time.Second
+)
+
+type client struct {
+	log       *slog.Logger
+	cfg       ClientConfig
+	key       wg.Key
+	serverKey wg.Key
+	endpoint  netip.AddrPort
+	stack     *netstack.Stack
+	dev       *wg.Device
+	conn      *forward.Connector
+	hb        net.Conn
+
+	lastPong atomic.Int64 // unix nanos of the last heartbeat answer
+	wg       sync.WaitGroup
+}
+
+func newClient(ctx context.Context, cfg ClientConfig, log *slog.Logger) (_ *client, err error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	c := &client{log: log, cfg: cfg}
+	c.serverKey, _ = wg.ParseKey(cfg.ServerPublicKey) // validated above
+	defer func() {
+		if err != nil {
+			c.close()
+		}
+	}()
+	if c.key, err = loadOrCreateKey(cfg.PrivateKeyFile, log); err != nil {
+		return nil, err
+	}
+	if c.endpoint, err = resolveServer(ctx, cfg.ServerHost, cfg.ServerTunnelControlPort); err != nil {
+		return nil, err
+	}
+	addr := wg.ClientAddr(c.key.PublicKey())
+	if c.stack, err = netstack.New(netstack.Options{Addresses: []netip.Addr{addr}}); err != nil {
+		return nil, err
+	}
+	if c.dev, err = wg.New(wg.Config{PrivateKey: c.key, TUN: c.stack, Logger: log.With("component", "wireguard")}); err != nil {
+		c.stack.Close()
+		c.stack = nil
+		return nil, err
+	}
+	if err = c.dev.SetPeer(c.serverPeer()); err != nil {
+		return nil, err
+	}
+	if c.conn, err = forward.NewConnector(forward.ConnectorConfig{Services: cfg.ServiceToLocalAddrMap, Logger: log.With("component", "connector")}); err != nil {
+		return nil, err
+	}
+	if c.hb, err = c.stack.DialUDP(netip.AddrPortFrom(wg.ServerAddr, heartbeatPort)); err != nil {
+		return nil, fmt.Errorf("heartbeat socket: %w", err)
+	}
+	log.Info("threshold client started", "client", cfg.ClientId, "public_key", c.key.PublicKey().String(),
+		"tunnel_address", addr, "server", c.endpoint)
+	return c, nil
+}
+
+func (c *client) serverPeer() wg.Peer {
+	return wg.Peer{
+		PublicKey:           c.serverKey,
+		AllowedIPs:          []netip.Prefix{netip.PrefixFrom(wg.ServerAddr, 128)},
+		Endpoint:            c.endpoint,
+		PersistentKeepalive: persistentKeepalive,
+	}
+}
+
+func resolveServer(ctx context.Context, host string, port int) (netip.AddrPort, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("resolving ServerHost %q: %w", host, err)
+	}
+	if len(addrs) == 0 {
+		return netip.AddrPort{}, fmt.Errorf("resolving ServerHost %q: no addresses", host)
+	}
+	// Prefer IPv4: it is what most home NATs route.
+	best := addrs[0]
+	for _, a := range addrs {
+		if a.Unmap().Is4() {
+			best = a
+			break
+		}
+	}
+	return netip.AddrPortFrom(best.Unmap(), uint16(port)), nil
+}
+
+func (c *client) run(ctx context.Context) error {
+	ln, err := c.stack.ListenTCP(netip.AddrPortFrom(netip.IPv6Unspecified(), connectorPort))
+	if err != nil {
+		return fmt.Errorf("listening in the tunnel: %w", err)
+	}
+	c.wg.Add(3)
+	go func() { defer c.wg.Done(); c.conn.Serve(ln) }()
+	go func() { defer c.wg.Done(); c.readPongs() }()
+	go func() { defer c.wg.Done(); c.ping(ctx) }()
+	<-ctx.Done()
+	c.log.Info("shutting down")
+	c.close()
+	c.wg.Wait()
+	return nil
+}
+
+func (c *client) close() {
+	if c.conn != nil {
+		c.conn.Close()
+	}
+	if c.hb != nil {
+		c.hb.Close()
+	}
+	if c.dev != nil {
+		c.dev.Close()
+	} else if c.stack != nil {
+		c.stack.Close()
+	}
+}
+
+// ping sends heartbeats. Besides telling the server we are here, they are
+// data packets: wireguard-go starts a new handshake when data it sends gets
+// no answer, so a restarted server is found again within seconds.
+func (c *client) ping(ctx context.Context) {
+	t := time.NewTicker(heartbeatInterval)
+	defer t.Stop()
+	connected := false
+	lastResolve := time.Now()
+	for seq := uint64(1); ; seq++ {
+		if _, err := c.hb.Write(makePing(seq)); err != nil {
+			c.log.Debug("heartbeat send failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		last := time.Unix(0, c.lastPong.Load())
+		now := time.Now()
+		up := now.Sub(last) < heartbeatTimeout
+		if up != connected {
+			connected = up
+			if up {
+				c.log.Info("connected to server", "server", c.endpoint)
+			} else {
+				c.log.Warn("server not answering; retrying", "server", c.endpoint)
+			}
+		}
+		if !up && now.Sub(last) > reresolveAfter && now.Sub(lastResolve) > reresolveAfter {
+			lastResolve = now
+			c.reresolve(ctx)
+		}
+	}
+}
+
+func (c *client) reresolve(ctx context.Context) {
+	ep, err := resolveServer(ctx, c.cfg.ServerHost, c.cfg.ServerTunnelControlPort)
+	if err != nil {
+		c.log.Warn("re-resolving server", "err", err)
+		return
+	}
+	if ep == c.endpoint {
+		return
+	}
+	c.log.Info("server address changed", "old", c.endpoint, "new", ep)
+	c.endpoint = ep
+	if err := c.dev.SetPeer(c.serverPeer()); err != nil {
+		c.log.Warn("updating server endpoint", "err", err)
+	}
+}
+
+func (c *client) readPongs() {
+	buf := make([]byte, 64)
+	for {
+		n, err := c.hb.Read(buf)
+		if err != nil {
+			return
+		}
+		if isPing(buf[:n]) {
+			c.lastPong.Store(time.Now().UnixNano())
+		}
+	}
+}
+

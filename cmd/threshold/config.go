@@ -1,0 +1,212 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/thresholdtunnel/threshold/forward"
+	"github.com/thresholdtunnel/threshold/wg"
+)
+
+// ServerConfig is the server's JSON config; names follow the original.
+type ServerConfig struct {
+	DebugLog          bool
+	TunnelControlPort int    // WireGuard UDP port
+	ManagementPort    int    // management API TCP port
+	ManagementAddress string // default 127.0.0.1
+	PrivateKeyFile    string // generated (0600) if missing
+	Clients           []ClientRegistration
+}
+
+// ClientRegistration registers a client with the server at startup.
+type ClientRegistration struct {
+	ClientId  string
+	PublicKey string
+}
+
+// ClientConfig is the client's JSON config.
+type ClientConfig struct {
+	DebugLog                bool
+	ClientId                string
+	ServerHost              string
+	ServerTunnelControlPort int
+	ServerPublicKey         string
+	PrivateKeyFile          string // generated (0600) if missing
+	ServiceToLocalAddrMap   map[string]string
+}
+
+const (
+	defaultTunnelControlPort = 9056
+	defaultManagementPort    = 9057
+	defaultManagementAddress = "127.0.0.1"
+	defaultServerKeyFile     = "threshold-server.key"
+	defaultClientKeyFile     = "threshold-client.key"
+	maxConfigBytes           = 1 << 20
+)
+
+// decodeStrict reads one JSON object, refusing unknown fields and trailing data.
+func decodeStrict(r io.Reader, v any) error {
+	data, err := io.ReadAll(io.LimitReader(r, maxConfigBytes+1))
+	if err != nil {
+		return err
+	}
+	if len(data) > maxConfigBytes {
+		return fmt.Errorf("config is larger than %d bytes", maxConfigBytes)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("malformed JSON: %w", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("malformed JSON: more than one value")
+	}
+	return nil
+}
+
+func loadConfig(path string, v interface{ fillDefaults() }) error {
+	if path == "" {
+		return errors.New("--config is required")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("reading config: %w", err)
+	}
+	defer f.Close()
+	if err := decodeStrict(f, v); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	v.fillDefaults()
+	return nil
+}
+
+func (c *ServerConfig) fillDefaults() {
+	if c.TunnelControlPort == 0 {
+		c.TunnelControlPort = defaultTunnelControlPort
+	}
+	if c.ManagementPort == 0 {
+		c.ManagementPort = defaultManagementPort
+	}
+	if c.ManagementAddress == "" {
+		c.ManagementAddress = defaultManagementAddress
+	}
+	if c.PrivateKeyFile == "" {
+		c.PrivateKeyFile = defaultServerKeyFile
+	}
+}
+
+func (c *ClientConfig) fillDefaults() {
+	if c.ServerTunnelControlPort == 0 {
+		c.ServerTunnelControlPort = defaultTunnelControlPort
+	}
+	if c.PrivateKeyFile == "" {
+		c.PrivateKeyFile = defaultClientKeyFile
+	}
+}
+
+// problems collects every validation failure, each naming its field.
+type problems []string
+
+func (p *problems) addf(field, format string, args ...any) {
+	*p = append(*p, field+": "+fmt.Sprintf(format, args...))
+}
+
+func (p problems) err(what string) error {
+	if len(p) == 0 {
+		return nil
+	}
+	return fmt.Errorf("invalid %s:\n  %s", what, strings.Join(p, "\n  "))
+}
+
+func checkPort(p *problems, field string, port int) {
+	if port < 1 || port > 65535 {
+		p.addf(field, "%d is not a port number (1-65535)", port)
+	}
+}
+
+func (c *ServerConfig) validate() error {
+	var p problems
+	checkPort(&p, "TunnelControlPort", c.TunnelControlPort)
+	checkPort(&p, "ManagementPort", c.ManagementPort)
+	if a, err := netip.ParseAddr(c.ManagementAddress); err != nil || a.Zone() != "" {
+		p.addf("ManagementAddress", "%q is not an IP address", c.ManagementAddress)
+	}
+	seenID := map[string]int{}
+	seenKey := map[wg.Key]int{}
+	for i, cl := range c.Clients {
+		field := fmt.Sprintf("Clients[%d]", i)
+		if err := checkClientID(cl.ClientId); err != nil {
+			p.addf(field+".ClientId", "%v", err)
+		} else if j, dup := seenID[cl.ClientId]; dup {
+			p.addf(field+".ClientId", "%q is also Clients[%d]", cl.ClientId, j)
+		} else {
+			seenID[cl.ClientId] = i
+		}
+		k, err := wg.ParseKey(cl.PublicKey)
+		if err != nil {
+			p.addf(field+".PublicKey", "%v", err)
+		} else if j, dup := seenKey[k]; dup {
+			p.addf(field+".PublicKey", "same key as Clients[%d]; each client needs its own key", j)
+		} else {
+			seenKey[k] = i
+		}
+	}
+	return p.err("server config")
+}
+
+func (c *ClientConfig) validate() error {
+	var p problems
+	if err := checkClientID(c.ClientId); err != nil {
+		p.addf("ClientId", "%v", err)
+	}
+	if strings.TrimSpace(c.ServerHost) == "" {
+		p.addf("ServerHost", "is required")
+	} else if strings.ContainsAny(c.ServerHost, " /:") && net.ParseIP(c.ServerHost) == nil {
+		p.addf("ServerHost", "%q is not a host name or IP address (put the port in ServerTunnelControlPort)", c.ServerHost)
+	}
+	checkPort(&p, "ServerTunnelControlPort", c.ServerTunnelControlPort)
+	if _, err := wg.ParseKey(c.ServerPublicKey); err != nil {
+		p.addf("ServerPublicKey", "%v", err)
+	}
+	if len(c.ServiceToLocalAddrMap) == 0 {
+		p.addf("ServiceToLocalAddrMap", "is empty: name at least one local service")
+	}
+	names := make([]string, 0, len(c.ServiceToLocalAddrMap))
+	for name := range c.ServiceToLocalAddrMap {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		field := fmt.Sprintf("ServiceToLocalAddrMap[%q]", name)
+		if err := forward.CheckServiceName(name); err != nil {
+			p.addf(field, "service name %v", err)
+		}
+		if err := forward.CheckServiceAddr(c.ServiceToLocalAddrMap[name]); err != nil {
+			p.addf(field, "%v", err)
+		}
+	}
+	return p.err("client config")
+}
+
+func checkClientID(id string) error {
+	if id == "" {
+		return errors.New("is required")
+	}
+	if len(id) > 128 {
+		return errors.New("is longer than 128 bytes")
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_.@", r)) {
+			return fmt.Errorf("%q may only hold letters, digits and - _ . @", id)
+		}
+	}
+	return nil
+}

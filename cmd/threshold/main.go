@@ -1,0 +1,195 @@
+// Command threshold is a self-hosting gateway: a public server and a home
+// client linked by a userspace WireGuard tunnel.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+
+	"github.com/thresholdtunnel/threshold/wg"
+)
+
+// version is stamped at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+const usage = `threshold: public gateway for self-hosted services over a userspace WireGuard tunnel
+
+Usage:
+  threshold server --config server.json   run the public server
+  threshold client --config client.json   run the home client
+  threshold genkey                        print a new private key (base64, as wg genkey)
+  threshold pubkey < private.key          print the public key of a private key
+  threshold demo                          run the usage example end to end on loopback
+  threshold version                       print the version
+  threshold help                          print this help
+
+Run "threshold <command> --help" for a command's options.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "server", "client":
+		return runDaemon(cmd, rest, stderr)
+	case "genkey":
+		return runGenkey(rest, stdout, stderr)
+	case "pubkey":
+		return runPubkey(rest, stdin, stdout, stderr)
+	case "demo":
+		return runDemo(rest, stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "threshold", versionString())
+		return 0
+	case "help", "--help", "-help", "-h":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "threshold: unknown command %q\n\n%s", cmd, usage)
+	return 2
+}
+
+// parseFlags parses a subcommand's flags; ok is false when the caller
+// should return code (help printed, or a usage error).
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) (code int, ok bool) {
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return 2, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "threshold %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return 2, false
+	}
+	return 0, true
+}
+
+func newLogger(w io.Writer, debugLog bool) *slog.Logger {
+	level := slog.LevelInfo
+	if debugLog {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+func runDaemon(role string, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet(role, flag.ContinueOnError)
+	configPath := fs.String("config", "", "path of the JSON config file (required)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: threshold %s --config %s.json\n\nRuns the threshold %s until SIGINT or SIGTERM.\n\n", role, role, role)
+		fs.PrintDefaults()
+	}
+	if code, ok := parseFlags(fs, args, stderr); !ok {
+		return code
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	if role == "server" {
+		err = serve(ctx, *configPath, stderr)
+	} else {
+		err = connect(ctx, *configPath, stderr)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "threshold %s: %v\n", role, err)
+		return 1
+	}
+	return 0
+}
+
+func serve(ctx context.Context, path string, stderr io.Writer) error {
+	var cfg ServerConfig
+	if err := loadConfig(path, &cfg); err != nil {
+		return err
+	}
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	log := newLogger(stderr, cfg.DebugLog).With("role", "server")
+	s, err := newServer(cfg, log)
+	if err != nil {
+		return err
+	}
+	return s.run(ctx)
+}
+
+func connect(ctx context.Context, path string, stderr io.Writer) error {
+	var cfg ClientConfig
+	if err := loadConfig(path, &cfg); err != nil {
+		return err
+	}
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	log := newLogger(stderr, cfg.DebugLog).With("role", "client")
+	c, err := newClient(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	return c.run(ctx)
+}
+
+func runGenkey(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("genkey", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprintln(stderr, "Usage: threshold genkey > private.key\n\nPrints a new base64 WireGuard private key.") }
+	if code, ok := parseFlags(fs, args, stderr); !ok {
+		return code
+	}
+	k, err := wg.GenerateKey()
+	if err != nil {
+		fmt.Fprintf(stderr, "threshold genkey: %v\n", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, k.String())
+	return 0
+}
+
+func runPubkey(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("pubkey", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: threshold pubkey < private.key\n\nReads a base64 private key on stdin and prints its public key.")
+	}
+	if code, ok := parseFlags(fs, args, stderr); !ok {
+		return code
+	}
+	data, err := io.ReadAll(io.LimitReader(stdin, 4096))
+	if err != nil {
+		fmt.Fprintf(stderr, "threshold pubkey: reading stdin: %v\n", err)
+		return 1
+	}
+	k, err := wg.ParseKey(strings.TrimSpace(string(data)))
+	if err != nil {
+		fmt.Fprintf(stderr, "threshold pubkey: %v\n", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, k.PublicKey().String())
+	return 0
+}

@@ -1,0 +1,389 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/thresholdtunnel/threshold/forward"
+	"github.com/thresholdtunnel/threshold/mgmt"
+	"github.com/thresholdtunnel/threshold/netstack"
+	"github.com/thresholdtunnel/threshold/wg"
+)
+
+// Ports inside the tunnel. Only the tunnel's peers can reach them.
+const (
+	connectorPort = 4000 // on each client: tunneled public connections
+	heartbeatPort = 4001 // on the server: UDP echo the clients ping
+)
+
+// How a client is judged connected: it pings the server through the tunnel
+// every heartbeatInterval; the server calls it connected while the last
+// ping is younger than heartbeatTimeout. A lost client is therefore noticed
+// within heartbeatTimeout plus one state check (stateCheckInterval).
+const (
+	heartbeatInterval  = time.Second
+	heartbeatTimeout   = 3 * time.Second
+	stateCheckInterval = 250 * time.Millisecond
+)
+
+// ErrClientNotConnected is returned when a tunnel's client is not connected.
+var ErrClientNotConnected = errors.New("client is not connected")
+
+type server struct {
+	log   *slog.Logger
+	cfg   ServerConfig
+	key   wg.Key
+	stack *netstack.Stack
+	dev   *wg.Device
+	gw    *forward.Gateway
+	hb    net.PacketConn
+
+	opMu    sync.Mutex // serializes changes made through the API
+	mu      sync.Mutex // guards clients and byAddr
+	clients map[string]*registered
+	byAddr  map[netip.Addr]*registered
+
+	wg sync.WaitGroup
+}
+
+type registered struct {
+	id        string
+	pub       wg.Key
+	addr      netip.Addr
+	lastPing  time.Time
+	state     string
+	lastState string
+}
+
+func newServer(cfg ServerConfig, log *slog.Logger) (_ *server, err error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	s := &server{
+		log:     log,
+		cfg:     cfg,
+		clients: make(map[string]*registered),
+		byAddr:  make(map[netip.Addr]*registered),
+	}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	if s.key, err = loadOrCreateKey(cfg.PrivateKeyFile, log); err != nil {
+		return nil, err
+	}
+	if s.stack, err = netstack.New(netstack.Options{Addresses: []netip.Addr{wg.ServerAddr}}); err != nil {
+		return nil, err
+	}
+	if s.dev, err = wg.New(wg.Config{PrivateKey: s.key, ListenPort: cfg.TunnelControlPort, TUN: s.stack, Logger: log.With("component", "wireguard")}); err != nil {
+		s.stack.Close()
+		s.stack = nil
+		return nil, err
+	}
+	for _, c := range cfg.Clients {
+		if _, err := s.PutClient(c.ClientId, mgmt.ClientRegistration{PublicKey: c.PublicKey}); err != nil {
+			return nil, fmt.Errorf("registering client %q: %w", c.ClientId, err)
+		}
+	}
+	if s.hb, err = s.stack.ListenUDP(netip.AddrPortFrom(wg.ServerAddr, heartbeatPort)); err != nil {
+		return nil, fmt.Errorf("heartbeat socket: %w", err)
+	}
+	if s.gw, err = forward.NewGateway(forward.GatewayConfig{Dial: s.dialClient, Logger: log.With("component", "gateway")}); err != nil {
+		return nil, err
+	}
+	log.Info("threshold server started", "public_key", s.key.PublicKey().String(), "tunnel_port", cfg.TunnelControlPort)
+	return s, nil
+}
+
+// run serves until ctx ends, then shuts everything down.
+func (s *server) run(ctx context.Context) error {
+	mgmtAddr := net.JoinHostPort(s.cfg.ManagementAddress, strconv.Itoa(s.cfg.ManagementPort))
+	if a := netip.MustParseAddr(s.cfg.ManagementAddress); !a.IsLoopback() {
+		s.log.Warn("management API listens beyond loopback without authentication; anyone who reaches it controls the server", "address", mgmtAddr)
+	}
+	handler, err := mgmt.NewHandler(s, s.log.With("component", "mgmt"))
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", mgmtAddr)
+	if err != nil {
+		return fmt.Errorf("management API: %w", err)
+	}
+	api := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	s.log.Info("management API listening", "address", ln.Addr().String())
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.wg.Add(3)
+	go func() { defer s.wg.Done(); s.echoHeartbeats() }()
+	go func() { defer s.wg.Done(); s.trackStates(ctx) }()
+	apiErr := make(chan error, 1)
+	go func() {
+		defer s.wg.Done()
+		if err := api.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			apiErr <- err
+			cancel()
+		}
+	}()
+	<-ctx.Done()
+	s.log.Info("shutting down")
+	shutdownCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
+	api.Shutdown(shutdownCtx)
+	stop()
+	s.close()
+	s.wg.Wait()
+	select {
+	case err := <-apiErr:
+		return fmt.Errorf("management API: %w", err)
+	default:
+		return nil
+	}
+}
+
+// close releases everything newServer built; safe on a partial server.
+func (s *server) close() {
+	if s.gw != nil {
+		s.gw.Close()
+	}
+	if s.hb != nil {
+		s.hb.Close()
+	}
+	if s.dev != nil {
+		s.dev.Close() // closes the stack too
+	} else if s.stack != nil {
+		s.stack.Close()
+	}
+}
+
+// echoHeartbeats answers each client's ping. The source address is
+// authenticated: WireGuard only accepts it from the peer it belongs to.
+func (s *server) echoHeartbeats() {
+	buf := make([]byte, 64)
+	for {
+		n, from, err := s.hb.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		ua, ok := from.(*net.UDPAddr)
+		if !ok || !isPing(buf[:n]) {
+			continue
+		}
+		addr := ua.AddrPort().Addr().Unmap()
+		s.mu.Lock()
+		if c := s.byAddr[addr]; c != nil {
+			c.lastPing = time.Now()
+		}
+		s.mu.Unlock()
+		s.hb.WriteTo(buf[:n], from)
+	}
+}
+
+func (s *server) trackStates(ctx context.Context) {
+	t := time.NewTicker(stateCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		s.mu.Lock()
+		for _, c := range s.clients {
+			want := c.state
+			switch {
+			case !c.lastPing.IsZero() && now.Sub(c.lastPing) < heartbeatTimeout:
+				want = mgmt.ClientConnected
+			case c.state == mgmt.ClientConnected:
+				want = mgmt.ClientDisconnected
+			}
+			if want != c.state {
+				c.lastState, c.state = c.state, want
+				s.log.Info("client state changed", "client", c.id, "state", want)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// dialClient reaches a client's connector through the tunnel.
+func (s *server) dialClient(ctx context.Context, clientID string) (net.Conn, error) {
+	s.mu.Lock()
+	c := s.clients[clientID]
+	var addr netip.Addr
+	connected := false
+	if c != nil {
+		addr, connected = c.addr, c.state == mgmt.ClientConnected
+	}
+	s.mu.Unlock()
+	if c == nil {
+		return nil, fmt.Errorf("client %q: %w", clientID, mgmt.ErrNotFound)
+	}
+	if !connected {
+		return nil, fmt.Errorf("client %q: %w", clientID, ErrClientNotConnected)
+	}
+	conn, err := s.stack.DialTCP(ctx, netip.AddrPortFrom(addr, connectorPort))
+	if err != nil {
+		return nil, fmt.Errorf("dialing client %q: %w", clientID, err)
+	}
+	return conn, nil
+}
+
+// --- mgmt.Backend ---
+
+func (s *server) Tunnels() []forward.Tunnel { return s.gw.Tunnels() }
+
+func (s *server) SetTunnels(ts []forward.Tunnel) ([]forward.Tunnel, error) {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	s.mu.Lock()
+	var p []string
+	for i, t := range ts {
+		if t.ClientId != "" && s.clients[t.ClientId] == nil {
+			p = append(p, fmt.Sprintf("tunnels[%d].ClientId: %q is not a registered client", i, t.ClientId))
+		}
+	}
+	s.mu.Unlock()
+	if len(p) > 0 {
+		// Report field problems too, so the caller sees everything at once.
+		p = append(forward.CheckTunnels(slices.Clone(ts)), p...)
+		return nil, &forward.ProblemsError{Kind: forward.ErrInvalid, Problems: p}
+	}
+	return s.gw.Apply(ts)
+}
+
+func (s *server) Clients() map[string]mgmt.ClientStatus {
+	stats, err := s.dev.Peers()
+	if err != nil {
+		s.log.Warn("reading WireGuard peers", "err", err)
+	}
+	byKey := make(map[wg.Key]wg.PeerStats, len(stats))
+	for _, st := range stats {
+		byKey[st.PublicKey] = st
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]mgmt.ClientStatus, len(s.clients))
+	for id, c := range s.clients {
+		out[id] = s.statusLocked(c, byKey[c.pub])
+	}
+	return out
+}
+
+func (s *server) statusLocked(c *registered, st wg.PeerStats) mgmt.ClientStatus {
+	cs := mgmt.ClientStatus{
+		CurrentState:  c.state,
+		LastState:     c.lastState,
+		PublicKey:     c.pub.String(),
+		TunnelAddress: c.addr.String(),
+		BytesIn:       st.RxBytes,
+		BytesOut:      st.TxBytes,
+	}
+	if !st.LastHandshake.IsZero() {
+		t := st.LastHandshake.UTC()
+		cs.LastHandshake = &t
+	}
+	return cs
+}
+
+// PutClient registers a client or rotates its key. A rotation replaces the
+// peer and closes the client's connections; other clients are untouched.
+func (s *server) PutClient(id string, reg mgmt.ClientRegistration) (mgmt.ClientStatus, error) {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	var p []string
+	if err := checkClientID(id); err != nil {
+		p = append(p, "ClientId: "+err.Error())
+	}
+	pub, err := wg.ParseKey(reg.PublicKey)
+	if err != nil {
+		p = append(p, "PublicKey: "+err.Error())
+	}
+	if len(p) > 0 {
+		return mgmt.ClientStatus{}, &forward.ProblemsError{Kind: mgmt.ErrInvalid, Problems: p}
+	}
+	if pub == s.key.PublicKey() {
+		return mgmt.ClientStatus{}, fmt.Errorf("%w: PublicKey is the server's own key", mgmt.ErrInvalid)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for otherID, other := range s.clients {
+		if otherID != id && other.pub == pub {
+			return mgmt.ClientStatus{}, fmt.Errorf("%w: PublicKey already belongs to client %q", mgmt.ErrConflict, otherID)
+		}
+	}
+	addr := wg.ClientAddr(pub)
+	old := s.clients[id]
+	if old != nil && old.pub == pub {
+		return s.statusLocked(old, wg.PeerStats{}), nil
+	}
+	if err := s.dev.SetPeer(wg.Peer{PublicKey: pub, AllowedIPs: []netip.Prefix{netip.PrefixFrom(addr, 128)}}); err != nil {
+		if errors.Is(err, wg.ErrAllowedIPTaken) {
+			return mgmt.ClientStatus{}, fmt.Errorf("%w: %w", mgmt.ErrConflict, err)
+		}
+		return mgmt.ClientStatus{}, err
+	}
+	c := &registered{id: id, pub: pub, addr: addr, state: mgmt.ClientUnknown, lastState: mgmt.ClientUnknown}
+	if old != nil {
+		if err := s.dev.RemovePeer(old.pub); err != nil {
+			s.log.Warn("removing rotated peer", "client", id, "err", err)
+		}
+		delete(s.byAddr, old.addr)
+		if s.gw != nil {
+			s.gw.CloseClient(id)
+		}
+		s.log.Info("client key rotated", "client", id, "tunnel_address", addr)
+	} else {
+		s.log.Info("client registered", "client", id, "tunnel_address", addr)
+	}
+	s.clients[id] = c
+	s.byAddr[addr] = c
+	return s.statusLocked(c, wg.PeerStats{}), nil
+}
+
+// DeleteClient removes a client that no tunnel uses.
+func (s *server) DeleteClient(id string) error {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	var users []string
+	for i, t := range s.gw.Tunnels() {
+		if t.ClientId == id {
+			users = append(users, fmt.Sprintf("tunnels[%d] (%s)", i, t.RouteKey()))
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.clients[id]
+	if c == nil {
+		return fmt.Errorf("client %q: %w", id, mgmt.ErrNotFound)
+	}
+	if len(users) > 0 {
+		return &forward.ProblemsError{Kind: mgmt.ErrConflict, Problems: []string{fmt.Sprintf("client %q is used by %v; change those tunnels first", id, users)}}
+	}
+	if err := s.dev.RemovePeer(c.pub); err != nil {
+		return err
+	}
+	delete(s.clients, id)
+	delete(s.byAddr, c.addr)
+	s.gw.CloseClient(id)
+	s.log.Info("client removed", "client", id)
+	return nil
+}

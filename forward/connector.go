@@ -1,0 +1,217 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"sort"
+	"sync"
+	"time"
+)
+
+// BackendDialFunc connects to a local service.
+type BackendDialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+
+// ConnectorConfig configures a Connector.
+type ConnectorConfig struct {
+	// Services maps a service name to the local host:port it stands for.
+	// The server can only ever reach these addresses.
+	Services map[string]string
+	Logger   *slog.Logger // required
+	// Dial connects to services; a net.Dialer by default.
+	Dial BackendDialFunc
+	// HeaderTimeout bounds reading a request; DialTimeout bounds
+	// connecting to a service.
+	HeaderTimeout time.Duration
+	DialTimeout   time.Duration
+	Timeouts      Timeouts
+}
+
+const DefaultHeaderTimeout = 10 * time.Second
+
+// Connector is the client's end: it accepts tunneled connections, reads
+// which service each is for, and joins it to that service.
+type Connector struct {
+	cfg ConnectorConfig
+	log *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	closed    bool
+	live      sessions
+}
+
+// NewConnector checks the service map and returns a Connector.
+func NewConnector(cfg ConnectorConfig) (*Connector, error) {
+	var errs []error
+	if cfg.Logger == nil {
+		errs = append(errs, errors.New("forward: ConnectorConfig.Logger is required"))
+	}
+	names := sortedKeys(cfg.Services)
+	for _, name := range names {
+		if err := CheckServiceName(name); err != nil {
+			errs = append(errs, fmt.Errorf("service name %q: %w", name, err))
+		}
+		if err := CheckServiceAddr(cfg.Services[name]); err != nil {
+			errs = append(errs, fmt.Errorf("service %q: %w", name, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	cfg.Services = maps.Clone(cfg.Services)
+	if cfg.Dial == nil {
+		var d net.Dialer
+		cfg.Dial = d.DialContext
+	}
+	if cfg.HeaderTimeout <= 0 {
+		cfg.HeaderTimeout = DefaultHeaderTimeout
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	cfg.Timeouts = cfg.Timeouts.withDefaults()
+	c := &Connector{cfg: cfg, log: cfg.Logger, listeners: make(map[net.Listener]struct{})}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	return c, nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Serve accepts tunneled connections on ln until ln or the Connector is
+// closed. It takes ownership of ln.
+func (c *Connector) Serve(ln net.Listener) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		ln.Close()
+		return ErrClosed
+	}
+	c.listeners[ln] = struct{}{}
+	c.wg.Add(1)
+	c.mu.Unlock()
+	defer c.wg.Done()
+	defer func() {
+		c.mu.Lock()
+		delete(c.listeners, ln)
+		c.mu.Unlock()
+		ln.Close()
+	}()
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if c.ctx.Err() != nil {
+				return ErrClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			c.log.Warn("accept failed", "err", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-c.ctx.Done():
+				return ErrClosed
+			}
+			continue
+		}
+		backoff = 0
+		c.wg.Add(1)
+		go c.handle(conn)
+	}
+}
+
+func (c *Connector) handle(conn net.Conn) {
+	defer c.wg.Done()
+	s := &session{}
+	if !c.live.start(s) {
+		conn.Close()
+		return
+	}
+	defer c.live.end(s)
+	if !s.add(conn) {
+		return
+	}
+	refuse := func(err error, log *slog.Logger) {
+		log.Info("tunneled connection refused", "err", err)
+		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = conn.Write([]byte{byte(statusFor(err))})
+		s.close()
+	}
+	pc, req, err := ReadRequest(conn, c.cfg.HeaderTimeout)
+	if err != nil {
+		refuse(err, c.log)
+		return
+	}
+	log := c.log.With("service", req.Service, "from", req.Source.String())
+	addr, ok := c.cfg.Services[req.Service]
+	if !ok {
+		refuse(fmt.Errorf("%w: %q", ErrUnknownService, req.Service), log)
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout)
+	backend, err := c.cfg.Dial(ctx, "tcp", addr)
+	cancel()
+	if err != nil {
+		refuse(fmt.Errorf("%w: %w", ErrBackendUnreachable, err), log)
+		return
+	}
+	if !s.add(backend) {
+		return
+	}
+	_ = backend.SetWriteDeadline(time.Now().Add(c.cfg.DialTimeout))
+	if err := writeBackendHeader(backend, req); err != nil {
+		refuse(fmt.Errorf("%w: %w", ErrBackendUnreachable, err), log)
+		return
+	}
+	_ = backend.SetWriteDeadline(time.Time{})
+	_ = conn.SetWriteDeadline(time.Now().Add(c.cfg.DialTimeout))
+	if _, err := conn.Write([]byte{byte(StatusOK)}); err != nil {
+		log.Info("tunneled connection lost before it started", "err", err)
+		s.close()
+		return
+	}
+	_ = conn.SetWriteDeadline(time.Time{})
+	res := Join(pc, backend, c.cfg.Timeouts)
+	log.Debug("connection done", "backend", addr, "bytes_in", res.AToB, "bytes_out", res.BToA, "err", res.Err)
+}
+
+// Live reports how many tunneled connections are open.
+func (c *Connector) Live() int { return c.live.count() }
+
+// Close stops every Serve, closes every connection and waits. Idempotent.
+func (c *Connector) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	lns := make([]net.Listener, 0, len(c.listeners))
+	for ln := range c.listeners {
+		lns = append(lns, ln)
+	}
+	c.mu.Unlock()
+	c.cancel()
+	for _, ln := range lns {
+		ln.Close()
+	}
+	c.live.shutdown()
+	c.wg.Wait()
+	return nil
+}

@@ -1,0 +1,326 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DialFunc opens a connection to a client, through the tunnel.
+type DialFunc func(ctx context.Context, clientID string) (net.Conn, error)
+
+// ListenFunc opens a public listener.
+type ListenFunc func(ctx context.Context, network, address string) (net.Listener, error)
+
+var (
+	// ErrInvalid classifies a tunnel list that is malformed or inconsistent.
+	ErrInvalid = errors.New("invalid tunnel configuration")
+	// ErrListen classifies a tunnel list whose ports cannot all be opened.
+	ErrListen = errors.New("cannot listen")
+	// ErrClosed is returned by a Gateway or Connector after Close.
+	ErrClosed = errors.New("forwarder closed")
+)
+
+// ProblemsError lists every problem that made a change be refused; it
+// unwraps to its Kind (ErrInvalid or ErrListen).
+type ProblemsError struct {
+	Kind     error
+	Problems []string
+}
+
+func (e *ProblemsError) Error() string {
+	return e.Kind.Error() + ": " + strings.Join(e.Problems, "; ")
+}
+
+func (e *ProblemsError) Unwrap() error { return e.Kind }
+
+// GatewayConfig configures a Gateway.
+type GatewayConfig struct {
+	// Dial reaches a client through the tunnel. Required.
+	Dial   DialFunc
+	Logger *slog.Logger // required
+	// Listen opens public listeners; the kernel's TCP stack by default.
+	Listen ListenFunc
+	// DialTimeout bounds reaching the client and sending it the request.
+	DialTimeout time.Duration
+	Timeouts    Timeouts
+}
+
+// DefaultDialTimeout bounds a dial through the tunnel.
+const DefaultDialTimeout = 5 * time.Second
+
+// Gateway is the server's public side: one listener per distinct
+// ListenAddress:ListenPort, each connection sent to its tunnel's client.
+type Gateway struct {
+	cfg GatewayConfig
+	log *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	applyMu   sync.Mutex // serializes Apply
+	mu        sync.Mutex
+	listeners map[string]*listener // by Tunnel.ListenKey
+	tunnels   []Tunnel
+	closed    bool
+
+	live sessions
+}
+
+type listener struct {
+	ln     net.Listener
+	key    string
+	routes atomic.Pointer[[]Tunnel]
+}
+
+// NewGateway returns a Gateway with no tunnels.
+func NewGateway(cfg GatewayConfig) (*Gateway, error) {
+	var errs []error
+	if cfg.Dial == nil {
+		errs = append(errs, errors.New("forward: GatewayConfig.Dial is required"))
+	}
+	if cfg.Logger == nil {
+		errs = append(errs, errors.New("forward: GatewayConfig.Logger is required"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if cfg.Listen == nil {
+		var lc net.ListenConfig
+		cfg.Listen = lc.Listen
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	cfg.Timeouts = cfg.Timeouts.withDefaults()
+	g := &Gateway{cfg: cfg, log: cfg.Logger, listeners: make(map[string]*listener)}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	return g, nil
+}
+
+// Tunnels returns the tunnels in force, in the order they were applied.
+func (g *Gateway) Tunnels() []Tunnel {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.tunnels)
+}
+
+// Apply replaces the whole tunnel list. It is atomic: either every listener
+// is open and the new list is in force, or an error lists every problem and
+// nothing changed. Listeners whose address stays in use keep running, and
+// live connections of tunnels that remain are untouched; connections of
+// removed tunnels are closed. It returns the list as applied, defaults filled.
+func (g *Gateway) Apply(ts []Tunnel) ([]Tunnel, error) {
+	ts = slices.Clone(ts)
+	if problems := CheckTunnels(ts); len(problems) > 0 {
+		return nil, &ProblemsError{Kind: ErrInvalid, Problems: problems}
+	}
+	g.applyMu.Lock()
+	defer g.applyMu.Unlock()
+
+	g.mu.Lock()
+	closed := g.closed
+	have := make(map[string]bool, len(g.listeners))
+	for k := range g.listeners {
+		have[k] = true
+	}
+	g.mu.Unlock()
+	if closed {
+		return nil, ErrClosed
+	}
+
+	routes := make(map[string][]Tunnel)
+	var order []string
+	for _, t := range ts {
+		k := t.ListenKey()
+		if _, ok := routes[k]; !ok {
+			order = append(order, k)
+		}
+		routes[k] = append(routes[k], t)
+	}
+	opened := make(map[string]*listener)
+	var problems []string
+	for _, k := range order {
+		if have[k] {
+			continue
+		}
+		ln, err := g.cfg.Listen(g.ctx, "tcp", k)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("listening on %s: %v", k, err))
+			continue
+		}
+		opened[k] = &listener{ln: ln, key: k}
+	}
+	if len(problems) > 0 {
+		for _, l := range opened {
+			l.ln.Close()
+		}
+		return nil, &ProblemsError{Kind: ErrListen, Problems: problems}
+	}
+
+	g.mu.Lock()
+	oldRoutes := make(map[string]bool)
+	for _, t := range g.tunnels {
+		oldRoutes[t.RouteKey()] = true
+	}
+	for k, l := range opened {
+		g.listeners[k] = l
+	}
+	var stale []*listener
+	for k, l := range g.listeners {
+		if r, ok := routes[k]; ok {
+			l.routes.Store(&r)
+		} else {
+			stale = append(stale, l)
+			delete(g.listeners, k)
+		}
+	}
+	g.tunnels = ts
+	for _, l := range opened {
+		g.wg.Add(1)
+		go g.serve(l)
+	}
+	g.mu.Unlock()
+
+	for _, l := range stale {
+		l.ln.Close()
+		g.log.Info("stopped listening", "address", l.key)
+	}
+	for _, l := range opened {
+		g.log.Info("now listening", "address", l.ln.Addr().String())
+	}
+	for _, t := range ts {
+		delete(oldRoutes, t.RouteKey())
+	}
+	if len(oldRoutes) > 0 {
+		n := g.live.closeMatching(func(s *session) bool { return oldRoutes[s.route] })
+		if n > 0 {
+			g.log.Info("closed connections of removed tunnels", "connections", n)
+		}
+	}
+	return slices.Clone(ts), nil
+}
+
+// CloseClient closes every live connection to a client, for when the
+// client is removed; it returns how many there were.
+func (g *Gateway) CloseClient(clientID string) int {
+	return g.live.closeMatching(func(s *session) bool { return s.client == clientID })
+}
+
+// Live reports how many proxied connections are open.
+func (g *Gateway) Live() int { return g.live.count() }
+
+// Close stops every listener, closes every connection and waits for all of
+// the Gateway's goroutines. It is idempotent.
+func (g *Gateway) Close() error {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return nil
+	}
+	g.closed = true
+	ls := g.listeners
+	g.listeners = map[string]*listener{}
+	g.mu.Unlock()
+	g.cancel()
+	for _, l := range ls {
+		l.ln.Close()
+	}
+	g.live.shutdown()
+	g.wg.Wait()
+	return nil
+}
+
+func (g *Gateway) serve(l *listener) {
+	defer g.wg.Done()
+	var backoff time.Duration
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || g.ctx.Err() != nil {
+				return
+			}
+			// Out of file descriptors and the like: wait, don't spin.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			g.log.Warn("accept failed", "address", l.key, "err", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-g.ctx.Done():
+				return
+			}
+			continue
+		}
+		backoff = 0
+		g.wg.Add(1)
+		go g.handle(l, c)
+	}
+}
+
+func (g *Gateway) handle(l *listener, public net.Conn) {
+	defer g.wg.Done()
+	routes := l.routes.Load()
+	if routes == nil || len(*routes) == 0 {
+		public.Close()
+		return
+	}
+	t := (*routes)[0]
+	s := &session{route: t.RouteKey(), client: t.ClientId}
+	if !g.live.start(s) {
+		public.Close()
+		return
+	}
+	defer g.live.end(s)
+	if !s.add(public) {
+		return
+	}
+	log := g.log.With("tunnel", t.RouteKey(), "client", t.ClientId, "from", public.RemoteAddr().String())
+
+	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.DialTimeout)
+	up, err := g.cfg.Dial(ctx, t.ClientId)
+	cancel()
+	if err != nil {
+		log.Info("connection refused: client unreachable", "err", err)
+		public.Close()
+		return
+	}
+	if !s.add(up) {
+		public.Close()
+		return
+	}
+	req := Request{
+		Service:              t.BackEndService,
+		Source:               addrPortOf(public.RemoteAddr()),
+		Destination:          addrPortOf(public.LocalAddr()),
+		BackendProxyProtocol: t.backendProxyVersion(),
+	}
+	_ = up.SetWriteDeadline(time.Now().Add(g.cfg.DialTimeout))
+	if err := WriteRequest(up, req); err != nil {
+		log.Info("connection refused: sending request to client", "err", err)
+		s.close()
+		return
+	}
+	_ = up.SetWriteDeadline(time.Time{})
+	res := Join(public, &statusConn{Conn: up}, g.cfg.Timeouts)
+	log.Debug("connection done", "bytes_in", res.AToB, "bytes_out", res.BToA, "err", res.Err)
+}
+
+// addrPortOf turns a socket address into an AddrPort; zero if it cannot.
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	if a == nil {
+		return netip.AddrPort{}
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}

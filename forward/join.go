@@ -1,0 +1,175 @@
+// Package forward carries TCP connections between the public side of a
+// threshold server and the local services of a threshold client: public
+// listeners and their routing (Gateway), the client end that connects to
+// named local services (Connector), the header that links the two, and the
+// bidirectional copy with half-close that both use (Join).
+package forward
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Timeouts bound how long a joined connection may sit without traffic.
+type Timeouts struct {
+	// Idle closes a connection on which no byte has moved either way for
+	// this long. Zero means DefaultIdleTimeout.
+	Idle time.Duration
+	// HalfClosed applies instead of Idle once one direction has finished,
+	// so that a peer that half-closed and vanished does not pin the
+	// connection for the whole Idle period. Zero means DefaultHalfClosedTimeout.
+	HalfClosed time.Duration
+}
+
+const (
+	DefaultIdleTimeout       = time.Hour
+	DefaultHalfClosedTimeout = 2 * time.Minute
+	copyBufferSize           = 64 << 10
+)
+
+func (t Timeouts) withDefaults() Timeouts {
+	if t.Idle <= 0 {
+		t.Idle = DefaultIdleTimeout
+	}
+	if t.HalfClosed <= 0 {
+		t.HalfClosed = DefaultHalfClosedTimeout
+	}
+	return t
+}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+
+// ErrIdle is reported when a connection is closed for inactivity.
+var ErrIdle = errors.New("connection idle for too long")
+
+// Joined is the outcome of Join.
+type Joined struct {
+	AToB, BToA int64 // bytes copied each way
+	Err        error // first error other than a clean end of stream
+}
+
+// Join copies bytes both ways between a and b until both directions have
+// ended, then closes both. When one side ends its stream, the other side's
+// write half is shut (half-close) and the opposite direction continues. Any
+// error, or inactivity beyond the timeouts, closes both at once. Closing
+// either connection from outside makes Join return promptly.
+func Join(a, b net.Conn, t Timeouts) Joined {
+	t = t.withDefaults()
+	j := &join{t: t}
+	j.touch()
+	var wg sync.WaitGroup
+	var ba int64
+	var errBA error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		ba, errBA = j.pipe(a, b)
+	}()
+	ab, errAB := j.pipe(b, a)
+	wg.Wait()
+	a.Close()
+	b.Close()
+	return Joined{AToB: ab, BToA: ba, Err: errors.Join(errAB, errBA)}
+}
+
+type join struct {
+	t            Timeouts
+	lastActivity atomic.Int64 // unix nanos
+	halfClosed   atomic.Bool
+	failOnce     sync.Once
+}
+
+func (j *join) touch() { j.lastActivity.Store(time.Now().UnixNano()) }
+
+func (j *join) limit() time.Duration {
+	if j.halfClosed.Load() {
+		return j.t.HalfClosed
+	}
+	return j.t.Idle
+}
+
+// pipe copies src to dst. Deadlines are refreshed lazily (only once a good
+// part of the limit has passed) to keep timer churn off the hot path; a
+// deadline that fires while the other direction is busy is simply renewed.
+func (j *join) pipe(dst, src net.Conn) (int64, error) {
+	bufp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bufp)
+	buf := *bufp
+	var total int64
+	var readDeadline, writeDeadline time.Time
+	fail := func(err error) (int64, error) {
+		// Unblock the other direction: this connection is done for.
+		j.failOnce.Do(func() { src.Close(); dst.Close() })
+		return total, err
+	}
+	for {
+		now := time.Now()
+		limit := j.limit()
+		if readDeadline.Sub(now) < limit*3/4 {
+			readDeadline = now.Add(limit)
+			if err := src.SetReadDeadline(readDeadline); err != nil {
+				return fail(err)
+			}
+		}
+		n, err := src.Read(buf)
+		if n > 0 {
+			j.touch()
+			if writeDeadline.Sub(now) < limit*3/4 {
+				writeDeadline = now.Add(limit)
+				if err := dst.SetWriteDeadline(writeDeadline); err != nil {
+					return fail(err)
+				}
+			}
+			w, werr := dst.Write(buf[:n])
+			total += int64(w)
+			if werr != nil {
+				return fail(werr)
+			}
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, io.EOF):
+			j.halfClosed.Store(true)
+			if cerr := closeWrite(dst); cerr != nil {
+				return fail(cerr)
+			}
+			// The other direction now runs on the shorter half-closed limit.
+			_ = dst.SetReadDeadline(time.Now().Add(j.t.HalfClosed))
+			return total, nil
+		case errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err):
+			since := time.Since(time.Unix(0, j.lastActivity.Load()))
+			if since < j.limit() {
+				readDeadline = time.Time{} // renew on the next turn
+				continue
+			}
+			return fail(ErrIdle)
+		default:
+			return fail(err)
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// closeWrite shuts the write half of c, reaching through wrappers (such as
+// go-proxyproto's Conn) that hide CloseWrite; without one it closes c.
+func closeWrite(c net.Conn) error {
+	for {
+		switch v := c.(type) {
+		case interface{ CloseWrite() error }:
+			return v.CloseWrite()
+		case interface{ Raw() net.Conn }:
+			c = v.Raw()
+		default:
+			return c.Close()
+		}
+	}
+}

@@ -1,0 +1,164 @@
+package forward
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// Tunnel maps a public listener to a service on a client. The JSON names
+// are those of the original threshold's PUT /tunnels.
+type Tunnel struct {
+	HaProxyProxyProtocol bool
+	// HaProxyProxyProtocolVersion is 1 (the default, as the original) or 2.
+	HaProxyProxyProtocolVersion int `json:",omitempty"`
+	// ListenAddress is the IP to listen on; empty means every address.
+	ListenAddress string
+	// ListenHostnameGlob picks the tunnel by TLS SNI or HTTP Host when
+	// several tunnels share a port; "*" (the default) matches anything.
+	ListenHostnameGlob string
+	ListenPort         int
+	// BackEndService is a name the client maps to one of its local addresses.
+	BackEndService string
+	ClientId       string
+}
+
+// ListenKey is the public socket address a tunnel listens on.
+func (t Tunnel) ListenKey() string {
+	return net.JoinHostPort(t.ListenAddress, strconv.Itoa(t.ListenPort))
+}
+
+// RouteKey identifies a tunnel: its socket address and hostname glob.
+func (t Tunnel) RouteKey() string { return t.ListenKey() + " " + t.ListenHostnameGlob }
+
+func (t Tunnel) backendProxyVersion() int {
+	if !t.HaProxyProxyProtocol {
+		return 0
+	}
+	return t.HaProxyProxyProtocolVersion
+}
+
+// Normalize fills defaults in place: glob "*", PROXY version 1 when
+// HaProxyProxyProtocol is set, the canonical form of ListenAddress.
+func (t *Tunnel) Normalize() {
+	if t.ListenHostnameGlob == "" {
+		t.ListenHostnameGlob = "*"
+	}
+	t.ListenHostnameGlob = strings.ToLower(t.ListenHostnameGlob)
+	if t.HaProxyProxyProtocol && t.HaProxyProxyProtocolVersion == 0 {
+		t.HaProxyProxyProtocolVersion = 1
+	}
+	if a, err := netip.ParseAddr(t.ListenAddress); err == nil {
+		t.ListenAddress = a.String()
+	}
+}
+
+// Problems lists what is wrong with a normalized tunnel; field names
+// are prefixed with where, such as "tunnels[2]".
+func (t Tunnel) Problems(where string) []string {
+	var p []string
+	add := func(field, format string, args ...any) {
+		p = append(p, fmt.Sprintf("%s.%s: %s", where, field, fmt.Sprintf(format, args...)))
+	}
+	if t.ListenAddress != "" {
+		if a, err := netip.ParseAddr(t.ListenAddress); err != nil || a.Zone() != "" {
+			add("ListenAddress", "%q is not an IP address (use an empty string for every address)", t.ListenAddress)
+		}
+	}
+	if t.ListenPort < 1 || t.ListenPort > 65535 {
+		add("ListenPort", "%d is not a port number (1-65535)", t.ListenPort)
+	}
+	if err := CheckHostnameGlob(t.ListenHostnameGlob); err != nil {
+		add("ListenHostnameGlob", "%v", err)
+	}
+	if err := CheckServiceName(t.BackEndService); err != nil {
+		add("BackEndService", "%v", err)
+	}
+	if strings.TrimSpace(t.ClientId) == "" {
+		add("ClientId", "is required")
+	}
+	if t.HaProxyProxyProtocolVersion != 0 && !t.HaProxyProxyProtocol {
+		add("HaProxyProxyProtocolVersion", "is set but HaProxyProxyProtocol is false")
+	} else if t.HaProxyProxyProtocol && t.HaProxyProxyProtocolVersion != 1 && t.HaProxyProxyProtocolVersion != 2 {
+		add("HaProxyProxyProtocolVersion", "%d is not 1 or 2", t.HaProxyProxyProtocolVersion)
+	}
+	return p
+}
+
+// CheckServiceName reports whether s can name a service.
+func CheckServiceName(s string) error {
+	if s == "" {
+		return fmt.Errorf("is required")
+	}
+	if len(s) > MaxServiceNameLen {
+		return fmt.Errorf("is longer than %d bytes", MaxServiceNameLen)
+	}
+	for _, r := range s {
+		if r < 0x21 || r > 0x7e {
+			return fmt.Errorf("%q may only hold printable ASCII without spaces", s)
+		}
+	}
+	return nil
+}
+
+// CheckServiceAddr reports whether a is a host:port a client can dial.
+func CheckServiceAddr(a string) error {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %w", a, err)
+	}
+	if host == "" {
+		return fmt.Errorf("%q has no host", a)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q has no valid port", a)
+	}
+	return nil
+}
+
+// CheckHostnameGlob accepts "*", "*.example.com" and exact host names.
+func CheckHostnameGlob(g string) error {
+	if g == "*" {
+		return nil
+	}
+	name := strings.TrimPrefix(g, "*.")
+	if name == "" || len(name) > 253 {
+		return fmt.Errorf("%q is not a host name glob", g)
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" || len(label) > 63 {
+			return fmt.Errorf("%q is not a host name glob (empty or long label)", g)
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return fmt.Errorf("%q is not a host name glob (only *, or * as the first label, and letters, digits, - and _)", g)
+			}
+		}
+	}
+	return nil
+}
+
+// CheckTunnels normalizes every tunnel in place and returns every problem:
+// bad fields, and two tunnels claiming the same address, port and hostname.
+func CheckTunnels(ts []Tunnel) []string {
+	var p []string
+	seen := make(map[string]int)
+	byPort := make(map[string]int)
+	for i := range ts {
+		ts[i].Normalize()
+		where := fmt.Sprintf("tunnels[%d]", i)
+		p = append(p, ts[i].Problems(where)...)
+		if j, dup := seen[ts[i].RouteKey()]; dup {
+			p = append(p, fmt.Sprintf("%s: claims %s hostname %q like tunnels[%d]", where, ts[i].ListenKey(), ts[i].ListenHostnameGlob, j))
+			continue
+		}
+		seen[ts[i].RouteKey()] = i
+		if j, shared := byPort[ts[i].ListenKey()]; shared {
+			p = append(p, fmt.Sprintf("%s: shares %s with tunnels[%d]; routing several hostnames on one port is not supported yet", where, ts[i].ListenKey(), j))
+		}
+		byPort[ts[i].ListenKey()] = i
+	}
+	return p
+}
