@@ -201,4 +201,3 @@ func (c *client) readPongs() {
 		}
 	}
 }
-

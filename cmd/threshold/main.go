@@ -159,7 +159,9 @@ func connect(ctx context.Context, path string, stderr io.Writer) error {
 
 func runGenkey(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("genkey", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprintln(stderr, "Usage: threshold genkey > private.key\n\nPrints a new base64 WireGuard private key.") }
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: threshold genkey > private.key\n\nPrints a new base64 WireGuard private key.")
+	}
 	if code, ok := parseFlags(fs, args, stderr); !ok {
 		return code
 	}
