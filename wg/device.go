@@ -251,3 +251,20 @@ func (d *Device) Close() error {
 	})
 	return nil
 }
+
+// Rehandshake starts a new handshake with a peer now, instead of when
+// wireguard-go's own timers would (up to 15 s after data goes unanswered,
+// and never for keepalives alone). wireguard-go rate-limits it to one
+// initiation per 5 s.
+func (d *Device) Rehandshake(pub Key) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	p := d.dev.LookupPeer(device.NoisePublicKey(pub))
+	if p == nil {
+		return fmt.Errorf("wg: no peer %s", pub)
+	}
+	return p.SendHandshakeInitiation(false)
+}

@@ -166,6 +166,13 @@ func (c *client) ping(ctx context.Context) {
 				c.log.Warn("server not answering; retrying", "server", c.endpoint)
 			}
 		}
+		if !up {
+			// The server may have restarted and lost our session: it drops
+			// what we send under the old keys until we handshake again.
+			if err := c.dev.Rehandshake(c.serverKey); err != nil {
+				c.log.Debug("forcing a handshake", "err", err)
+			}
+		}
 		if !up && now.Sub(last) > reresolveAfter && now.Sub(lastResolve) > reresolveAfter {
 			lastResolve = now
 			c.reresolve(ctx)
