@@ -106,7 +106,7 @@ func TestClientsAPI(t *testing.T) {
 		{"PUT", "/clients/home-c", map[string]string{"PublicKey": "not a key"}, 400},
 		{"PUT", "/clients/home-c", `{"PublicKey":"` + newKey(t).PublicKey().String() + `","Extra":1}`, 400},
 		{"PUT", "/clients/bad%20id", map[string]string{"PublicKey": newKey(t).PublicKey().String()}, 400},
-		{"PUT", "/clients/home-c", map[string]string{"PublicKey": ka.PublicKey().String()}, 409},       // home-a's key
+		{"PUT", "/clients/home-c", map[string]string{"PublicKey": ka.PublicKey().String()}, 409},      // home-a's key
 		{"PUT", "/clients/home-c", map[string]string{"PublicKey": srv.key.PublicKey().String()}, 400}, // the server's key
 		{"DELETE", "/clients/home-b", nil, 409},                                                       // used by a tunnel
 		{"DELETE", "/clients/nobody", nil, 404},
