@@ -268,3 +268,17 @@ func (d *Device) Rehandshake(pub Key) error {
 	}
 	return p.SendHandshakeInitiation(false)
 }
+
+// ListenPort reports the UDP port the device is bound to.
+func (d *Device) ListenPort() (int, error) {
+	text, err := d.dev.IpcGet()
+	if err != nil {
+		return 0, fmt.Errorf("wg: reading device state: %w", err)
+	}
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, "listen_port="); ok {
+			return strconv.Atoi(v)
+		}
+	}
+	return 0, errors.New("wg: device has no listen port")
+}
