@@ -3,6 +3,7 @@ module github.com/thresholdtunnel/threshold
 go 1.26.8
 
 require (
+	github.com/armon/go-socks5 v0.0.0-20160902184237-e75332964ef5
 	github.com/pires/go-proxyproto v0.15.0
 	golang.org/x/crypto v0.59.0
 	golang.zx2c4.com/wireguard v0.0.0-20260522210424-ecfc5a8d5446
