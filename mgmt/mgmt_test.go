@@ -1,0 +1,174 @@
+package mgmt
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/thresholdtunnel/threshold/forward"
+)
+
+// fakeBackend records calls and answers with canned errors.
+type fakeBackend struct {
+	mu       sync.Mutex
+	tunnels  []forward.Tunnel
+	setErr   error
+	clients  map[string]ClientStatus
+	putErr   error
+	delErr   error
+	setCalls int
+}
+
+func (f *fakeBackend) Tunnels() []forward.Tunnel {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.tunnels
+}
+
+func (f *fakeBackend) SetTunnels(ts []forward.Tunnel) ([]forward.Tunnel, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.setCalls++
+	if f.setErr != nil {
+		return nil, f.setErr
+	}
+	f.tunnels = ts
+	return ts, nil
+}
+
+func (f *fakeBackend) Clients() map[string]ClientStatus { return f.clients }
+
+func (f *fakeBackend) PutClient(id string, reg ClientRegistration) (ClientStatus, error) {
+	if f.putErr != nil {
+		return ClientStatus{}, f.putErr
+	}
+	return ClientStatus{CurrentState: ClientUnknown, LastState: ClientUnknown, PublicKey: reg.PublicKey}, nil
+}
+
+func (f *fakeBackend) DeleteClient(id string) error { return f.delErr }
+
+func serve(t *testing.T, b Backend) *httptest.Server {
+	t.Helper()
+	h, err := NewHandler(b, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := httptest.NewServer(h)
+	t.Cleanup(s.Close)
+	return s
+}
+
+func do(t *testing.T, s *httptest.Server, method, path, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, s.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestPutTunnelsDecoding(t *testing.T) {
+	f := &fakeBackend{}
+	s := serve(t, f)
+	good := `[{"HaProxyProxyProtocol":true,"ListenAddress":"127.0.0.1","ListenHostnameGlob":"*","ListenPort":9000,"BackEndService":"fooService","ClientId":"TestClient1"}]`
+	code, body := do(t, s, "PUT", "/tunnels", good)
+	if code != 200 || !strings.Contains(body, `"ListenPort":9000`) {
+		t.Fatalf("good PUT: %d %s", code, body)
+	}
+	for _, bad := range []string{`[{"ListenPort":9000,"Nope":1}]`, `{`, `null`, `[] {}`, `"x"`, "[" + strings.Repeat(" ", MaxBodyBytes) + "]"} {
+		before := f.setCalls
+		code, body := do(t, s, "PUT", "/tunnels", bad)
+		if code != 400 || !strings.Contains(body, `"Error"`) {
+			t.Errorf("PUT %.40q: %d %s", bad, code, body)
+		}
+		if f.setCalls != before {
+			t.Errorf("PUT %.40q reached the backend", bad)
+		}
+	}
+	code, body = do(t, s, "GET", "/tunnels", "")
+	if code != 200 || !strings.Contains(body, "fooService") {
+		t.Errorf("GET /tunnels: %d %s", code, body)
+	}
+	if code, _ := do(t, s, "POST", "/tunnels", good); code != http.StatusMethodNotAllowed {
+		t.Errorf("POST /tunnels: %d", code)
+	}
+}
+
+func TestErrorMapping(t *testing.T) {
+	cases := []struct {
+		err      error
+		code     int
+		problems []string
+	}{
+		{&forward.ProblemsError{Kind: forward.ErrInvalid, Problems: []string{"a", "b"}}, 400, []string{"a", "b"}},
+		{&forward.ProblemsError{Kind: forward.ErrListen, Problems: []string{"port"}}, 409, []string{"port"}},
+		{fmt.Errorf("x: %w", ErrNotFound), 404, nil},
+		{fmt.Errorf("x: %w", ErrConflict), 409, nil},
+		{fmt.Errorf("x: %w", ErrInvalid), 400, nil},
+		{fmt.Errorf("disk on fire"), 500, nil},
+	}
+	for _, tc := range cases {
+		f := &fakeBackend{setErr: tc.err, putErr: tc.err, delErr: tc.err}
+		s := serve(t, f)
+		for _, req := range [][3]string{{"PUT", "/tunnels", "[]"}, {"PUT", "/clients/x", `{"PublicKey":"k"}`}, {"DELETE", "/clients/x", ""}} {
+			code, body := do(t, s, req[0], req[1], req[2])
+			if code != tc.code {
+				t.Errorf("%v via %s %s: %d, want %d", tc.err, req[0], req[1], code, tc.code)
+			}
+			var e struct {
+				Error    string
+				Problems []string
+			}
+			if err := json.Unmarshal([]byte(body), &e); err != nil || e.Error == "" {
+				t.Errorf("error body %q", body)
+			}
+			if fmt.Sprint(e.Problems) != fmt.Sprint(tc.problems) && tc.problems != nil {
+				t.Errorf("problems %v, want %v", e.Problems, tc.problems)
+			}
+		}
+	}
+}
+
+func TestClientsEndpoints(t *testing.T) {
+	f := &fakeBackend{clients: map[string]ClientStatus{"TestClient1": {CurrentState: ClientConnected, LastState: ClientUnknown}}}
+	s := serve(t, f)
+	code, body := do(t, s, "GET", "/clients", "")
+	var got map[string]map[string]any
+	if err := json.Unmarshal([]byte(body), &got); code != 200 || err != nil {
+		t.Fatalf("GET /clients: %d %s", code, body)
+	}
+	if got["TestClient1"]["CurrentState"] != "ClientConnected" || got["TestClient1"]["LastState"] != "ClientUnknown" {
+		t.Errorf("GET /clients shape: %s", body)
+	}
+	if _, has := got["TestClient1"]["LastHandshake"]; has {
+		t.Error("LastHandshake should be absent before any handshake")
+	}
+	if code, body := do(t, s, "PUT", "/clients/x", `{"PublicKey":"k","Other":1}`); code != 400 {
+		t.Errorf("unknown field: %d %s", code, body)
+	}
+	if code, _ := do(t, s, "DELETE", "/clients/x", ""); code != 204 {
+		t.Errorf("DELETE: %d", code)
+	}
+	if code, body := do(t, s, "GET", "/healthz", ""); code != 200 || !bytes.Contains([]byte(body), []byte("ok")) {
+		t.Errorf("healthz: %d %s", code, body)
+	}
+}
+
+func TestNewHandlerValidates(t *testing.T) {
+	if _, err := NewHandler(nil, nil); err == nil {
+		t.Fatal("nil backend accepted")
+	}
+}
