@@ -101,6 +101,9 @@ type EgressConfig struct {
 	DialTimeout time.Duration
 	// Timeouts bound the data phase (see Join).
 	Timeouts Timeouts
+	// ClientAllowed, if set, is asked before each request is served; an
+	// error refuses it with "connection not allowed by ruleset".
+	ClientAllowed func(clientID string) error
 	// OnBytes, if set, is called once at the end of every session that
 	// reached the data phase, with the payload bytes the client sent to the
 	// destination and received from it. It must not block for long.
@@ -216,7 +219,7 @@ func (e *Egress) ServeConn(clientID string, c net.Conn) error {
 	if err := c.SetDeadline(time.Now().Add(e.cfg.HandshakeTimeout)); err != nil {
 		return fmt.Errorf("egress: setting handshake deadline: %w", err)
 	}
-	target, dst, err := e.handshake(ctx, c, log)
+	target, dst, err := e.handshake(ctx, clientID, c, log)
 	if err != nil {
 		var se *socksError
 		if !errors.As(err, &se) {
@@ -261,7 +264,7 @@ func (e *Egress) ServeConn(clientID string, c net.Conn) error {
 // handshake reads the greeting and request, resolves and checks the
 // destination and dials it. It returns the destination connection and a
 // printable destination. A *socksError asks for a reply to be sent.
-func (e *Egress) handshake(ctx context.Context, c net.Conn, log *slog.Logger) (net.Conn, string, error) {
+func (e *Egress) handshake(ctx context.Context, clientID string, c net.Conn, log *slog.Logger) (net.Conn, string, error) {
 	r := &exactReader{r: c}
 
 	// Greeting: VER NMETHODS METHODS...
@@ -309,6 +312,12 @@ func (e *Egress) handshake(ctx context.Context, c net.Conn, log *slog.Logger) (n
 	if req.Command != socks5.ConnectCommand {
 		log.Debug("egress: command not supported", "destination", dst, "command", req.Command)
 		return nil, dst, &socksError{socksCommandNotSupported, fmt.Errorf("egress: SOCKS command %d not supported", req.Command)}
+	}
+	if e.cfg.ClientAllowed != nil {
+		if err := e.cfg.ClientAllowed(clientID); err != nil {
+			log.Debug("egress: refused", "destination", dst, "reason", err)
+			return nil, dst, &socksError{socksNotAllowed, fmt.Errorf("%w: %w", ErrEgressDenied, err)}
+		}
 	}
 
 	// Resolution and dialling share one deadline.
@@ -507,4 +516,31 @@ func (e *Egress) Close() error {
 	e.live.shutdown()
 	e.wg.Wait()
 	return nil
+}
+
+// Serve accepts SOCKS5 connections on ln (inside the tunnel) until ln or
+// the Egress is closed, asking identify which client each comes from; a
+// connection it cannot identify is closed. It takes ownership of ln.
+func (e *Egress) Serve(ln net.Listener, identify func(net.Conn) (string, error)) error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		ln.Close()
+		return ErrClosed
+	}
+	e.wg.Add(1)
+	e.mu.Unlock()
+	defer e.wg.Done()
+	stop := context.AfterFunc(e.ctx, func() { ln.Close() })
+	defer stop()
+	defer ln.Close()
+	return acceptLoop(e.ctx, ln, e.log, &e.wg, func(c net.Conn) {
+		id, err := identify(c)
+		if err != nil {
+			e.log.Info("egress: connection from an unknown peer refused", "err", err)
+			c.Close()
+			return
+		}
+		e.ServeConn(id, c)
+	})
 }

@@ -834,3 +834,34 @@ func TestEgressNoGoroutineLeak(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestEgressClientNotAllowed(t *testing.T) {
+	echo := startEgressEcho(t)
+	e := newTestEgress(t, EgressConfig{
+		Policy: allowLoopback4,
+		ClientAllowed: func(id string) error {
+			if id == "blocked" {
+				return errors.New("SOCKS5 disabled for this client")
+			}
+			return nil
+		},
+	})
+	c, done := serveEgress(t, e, "blocked", nil)
+	if rep, _ := socksHandshake(t, c, socksReqIP(1, echo.addr())); rep != 0x02 {
+		t.Errorf("disabled client: reply %#x, want 0x02", rep)
+	}
+	expectClosed(t, c)
+	if err := waitServe(t, done); !errors.Is(err, ErrEgressDenied) {
+		t.Errorf("ServeConn = %v, want ErrEgressDenied", err)
+	}
+	c, done = serveEgress(t, e, "allowed", nil)
+	if rep, _ := socksHandshake(t, c, socksReqIP(1, echo.addr())); rep != 0 {
+		t.Fatalf("enabled client: reply %#x", rep)
+	}
+	echoOnce(t, c, "hi")
+	c.Close()
+	waitServe(t, done)
+	if n := echo.accepted.Load(); n != 1 {
+		t.Errorf("echo saw %d connections, want 1", n)
+	}
+}

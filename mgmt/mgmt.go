@@ -34,11 +34,19 @@ type ClientStatus struct {
 	// peer (encrypted bytes received from and sent to it).
 	BytesIn  uint64
 	BytesOut uint64
+	// Socks5Enabled tells whether the client may use SOCKS5 egress; the
+	// byte counts are its egress payload, sent to and received from the
+	// destinations.
+	Socks5Enabled       bool
+	Socks5BytesSent     uint64
+	Socks5BytesReceived uint64
 }
 
 // ClientRegistration is the body of PUT /clients/{ClientId}.
 type ClientRegistration struct {
 	PublicKey string
+	// Socks5Enabled lets the client use SOCKS5 egress; true when absent.
+	Socks5Enabled *bool `json:",omitempty"`
 }
 
 // Backend is what the API drives. Errors wrapping ErrInvalid or

@@ -32,6 +32,8 @@ type client struct {
 	stack     *netstack.Stack
 	dev       *wg.Device
 	conn      *forward.Connector
+	relay     *forward.Relay
+	socksLn   net.Listener
 	hb        net.Conn
 
 	lastPong atomic.Int64 // unix nanos of the last heartbeat answer
@@ -73,6 +75,19 @@ func newClient(ctx context.Context, cfg ClientConfig, log *slog.Logger) (_ *clie
 	if c.hb, err = c.stack.DialUDP(netip.AddrPortFrom(wg.ServerAddr, heartbeatPort)); err != nil {
 		return nil, fmt.Errorf("heartbeat socket: %w", err)
 	}
+	if cfg.Socks5ListenAddress != "" {
+		if c.socksLn, err = net.Listen("tcp", cfg.Socks5ListenAddress); err != nil {
+			return nil, fmt.Errorf("Socks5ListenAddress: %w", err)
+		}
+		socksServer := netip.AddrPortFrom(wg.ServerAddr, socksPort)
+		if c.relay, err = forward.NewRelay(forward.RelayConfig{
+			Dial:   func(ctx context.Context) (net.Conn, error) { return c.stack.DialTCP(ctx, socksServer) },
+			Logger: log.With("component", "socks5"),
+		}); err != nil {
+			return nil, err
+		}
+		log.Info("SOCKS5 proxy listening; connections leave from the server", "address", c.socksLn.Addr().String())
+	}
 	log.Info("threshold client started", "client", cfg.ClientId, "public_key", c.key.PublicKey().String(),
 		"tunnel_address", addr, "server", c.endpoint)
 	return c, nil
@@ -113,6 +128,12 @@ func (c *client) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listening in the tunnel: %w", err)
 	}
+	if c.relay != nil {
+		ln := c.socksLn
+		c.socksLn = nil // the relay owns it now
+		c.wg.Add(1)
+		go func() { defer c.wg.Done(); c.relay.Serve(ln) }()
+	}
 	c.wg.Add(3)
 	go func() { defer c.wg.Done(); c.conn.Serve(ln) }()
 	go func() { defer c.wg.Done(); c.readPongs() }()
@@ -127,6 +148,12 @@ func (c *client) run(ctx context.Context) error {
 func (c *client) close() {
 	if c.conn != nil {
 		c.conn.Close()
+	}
+	if c.relay != nil {
+		c.relay.Close()
+	}
+	if c.socksLn != nil {
+		c.socksLn.Close()
 	}
 	if c.hb != nil {
 		c.hb.Close()

@@ -24,12 +24,22 @@ type ServerConfig struct {
 	ManagementAddress string // default 127.0.0.1
 	PrivateKeyFile    string // generated (0600) if missing
 	Clients           []ClientRegistration
+
+	// SOCKS5 egress. The default policy denies private, loopback,
+	// link-local and other non-public destinations; these add to it.
+	Socks5EgressAddress string   // source IP for egress; the OS picks if empty
+	Socks5AllowCIDRs    []string // exceptions to the default deny list
+	Socks5DenyCIDRs     []string
+	Socks5AllowPorts    []string // if set, only these ports ("25", "8000-8099")
+	Socks5DenyPorts     []string
 }
 
 // ClientRegistration registers a client with the server at startup.
 type ClientRegistration struct {
 	ClientId  string
 	PublicKey string
+	// Socks5Enabled lets the client use SOCKS5 egress; true when absent.
+	Socks5Enabled *bool `json:",omitempty"`
 }
 
 // ClientConfig is the client's JSON config.
@@ -41,6 +51,9 @@ type ClientConfig struct {
 	ServerPublicKey         string
 	PrivateKeyFile          string // generated (0600) if missing
 	ServiceToLocalAddrMap   map[string]string
+	// Socks5ListenAddress is a local host:port for applications to use as
+	// their SOCKS5 proxy; their connections leave from the server. Off if empty.
+	Socks5ListenAddress string
 }
 
 const (
@@ -139,6 +152,14 @@ func (c *ServerConfig) validate() error {
 	if a, err := netip.ParseAddr(c.ManagementAddress); err != nil || a.Zone() != "" {
 		p.addf("ManagementAddress", "%q is not an IP address", c.ManagementAddress)
 	}
+	if _, err := c.egressPolicy(); err != nil {
+		p = append(p, strings.Split(err.Error(), "\n")...)
+	}
+	if c.Socks5EgressAddress != "" {
+		if a, err := netip.ParseAddr(c.Socks5EgressAddress); err != nil || a.Zone() != "" || a.IsUnspecified() {
+			p.addf("Socks5EgressAddress", "%q is not a specific IP address", c.Socks5EgressAddress)
+		}
+	}
 	seenID := map[string]int{}
 	seenKey := map[wg.Key]int{}
 	for i, cl := range c.Clients {
@@ -176,6 +197,11 @@ func (c *ClientConfig) validate() error {
 	if _, err := wg.ParseKey(c.ServerPublicKey); err != nil {
 		p.addf("ServerPublicKey", "%v", err)
 	}
+	if c.Socks5ListenAddress != "" {
+		if err := forward.CheckServiceAddr(c.Socks5ListenAddress); err != nil {
+			p.addf("Socks5ListenAddress", "%v", err)
+		}
+	}
 	if len(c.ServiceToLocalAddrMap) == 0 {
 		p.addf("ServiceToLocalAddrMap", "is empty: name at least one local service")
 	}
@@ -209,4 +235,33 @@ func checkClientID(id string) error {
 		}
 	}
 	return nil
+}
+
+// egressPolicy builds the SOCKS5 policy: the configured lists, the tunnel's
+// own range, and the management API's own address.
+func (c *ServerConfig) egressPolicy() (forward.EgressPolicy, error) {
+	var errs []error
+	field := func(name string, err error) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+	}
+	var pol forward.EgressPolicy
+	var err error
+	pol.AllowCIDRs, err = forward.ParsePrefixes(c.Socks5AllowCIDRs)
+	field("Socks5AllowCIDRs", err)
+	pol.DenyCIDRs, err = forward.ParsePrefixes(c.Socks5DenyCIDRs)
+	field("Socks5DenyCIDRs", err)
+	pol.AllowPorts, err = forward.ParsePorts(c.Socks5AllowPorts)
+	field("Socks5AllowPorts", err)
+	pol.DenyPorts, err = forward.ParsePorts(c.Socks5DenyPorts)
+	field("Socks5DenyPorts", err)
+	pol.TunnelPrefix = wg.TunnelPrefix
+	if a, err := netip.ParseAddr(c.ManagementAddress); err == nil && c.ManagementPort > 0 && c.ManagementPort < 65536 {
+		pol.DenyAddrPorts = []netip.AddrPort{netip.AddrPortFrom(a, uint16(c.ManagementPort))}
+	}
+	if len(errs) == 0 {
+		field("Socks5 policy", pol.Validate())
+	}
+	return pol, errors.Join(errs...)
 }

@@ -102,13 +102,21 @@ func newLogger(w io.Writer, debugLog bool) *slog.Logger {
 
 func runDaemon(role string, args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet(role, flag.ContinueOnError)
-	configPath := fs.String("config", "", "path of the JSON config file (required)")
+	configPath := fs.String("config", "", "path of the JSON config file (required, unless THRESHOLD_CONFIG is set)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: threshold %s --config %s.json\n\nRuns the threshold %s until SIGINT or SIGTERM.\n\n", role, role, role)
 		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "\nEnvironment:\n  THRESHOLD_CONFIG\tconfig file path used when --config is not given\n\t\t\t(handy in containers: -e THRESHOLD_CONFIG=/etc/threshold/%s.json)\n", role)
 	}
 	if code, ok := parseFlags(fs, args, stderr); !ok {
 		return code
+	}
+	if *configPath == "" {
+		*configPath = os.Getenv("THRESHOLD_CONFIG")
+	}
+	if *configPath == "" {
+		fmt.Fprintf(stderr, "threshold %s: --config is required (or set THRESHOLD_CONFIG)\n", role)
+		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

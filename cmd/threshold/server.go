@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/thresholdtunnel/threshold/forward"
@@ -23,6 +24,7 @@ import (
 const (
 	connectorPort = 4000 // on each client: tunneled public connections
 	heartbeatPort = 4001 // on the server: UDP echo the clients ping
+	socksPort     = 1080 // on the server: SOCKS5 egress
 )
 
 // How a client is judged connected: it pings the server through the tunnel
@@ -39,13 +41,14 @@ const (
 var ErrClientNotConnected = errors.New("client is not connected")
 
 type server struct {
-	log   *slog.Logger
-	cfg   ServerConfig
-	key   wg.Key
-	stack *netstack.Stack
-	dev   *wg.Device
-	gw    *forward.Gateway
-	hb    net.PacketConn
+	log    *slog.Logger
+	cfg    ServerConfig
+	key    wg.Key
+	stack  *netstack.Stack
+	dev    *wg.Device
+	gw     *forward.Gateway
+	egress *forward.Egress
+	hb     net.PacketConn
 
 	opMu    sync.Mutex // serializes changes made through the API
 	mu      sync.Mutex // guards clients and byAddr
@@ -59,9 +62,12 @@ type registered struct {
 	id        string
 	pub       wg.Key
 	addr      netip.Addr
+	socks     bool
 	lastPing  time.Time
 	state     string
 	lastState string
+	// SOCKS5 egress payload bytes, kept across key rotations.
+	egressSent, egressReceived *atomic.Uint64
 }
 
 func newServer(cfg ServerConfig, log *slog.Logger) (_ *server, err error) {
@@ -91,7 +97,7 @@ func newServer(cfg ServerConfig, log *slog.Logger) (_ *server, err error) {
 		return nil, err
 	}
 	for _, c := range cfg.Clients {
-		if _, err := s.PutClient(c.ClientId, mgmt.ClientRegistration{PublicKey: c.PublicKey}); err != nil {
+		if _, err := s.PutClient(c.ClientId, mgmt.ClientRegistration{PublicKey: c.PublicKey, Socks5Enabled: c.Socks5Enabled}); err != nil {
 			return nil, fmt.Errorf("registering client %q: %w", c.ClientId, err)
 		}
 	}
@@ -99,6 +105,23 @@ func newServer(cfg ServerConfig, log *slog.Logger) (_ *server, err error) {
 		return nil, fmt.Errorf("heartbeat socket: %w", err)
 	}
 	if s.gw, err = forward.NewGateway(forward.GatewayConfig{Dial: s.dialClient, Logger: log.With("component", "gateway")}); err != nil {
+		return nil, err
+	}
+	policy, err := cfg.egressPolicy()
+	if err != nil {
+		return nil, err
+	}
+	var egressAddr netip.Addr
+	if cfg.Socks5EgressAddress != "" {
+		egressAddr = netip.MustParseAddr(cfg.Socks5EgressAddress) // validated
+	}
+	if s.egress, err = forward.NewEgress(forward.EgressConfig{
+		Logger:        log.With("component", "socks5"),
+		Policy:        policy,
+		LocalAddr:     egressAddr,
+		ClientAllowed: s.socksAllowed,
+		OnBytes:       s.countEgress,
+	}); err != nil {
 		return nil, err
 	}
 	log.Info("threshold server started", "public_key", s.key.PublicKey().String(), "tunnel_port", cfg.TunnelControlPort)
@@ -132,7 +155,13 @@ func (s *server) run(ctx context.Context) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s.wg.Add(3)
+	socksLn, err := s.stack.ListenTCP(netip.AddrPortFrom(wg.ServerAddr, socksPort))
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("SOCKS5 listener in the tunnel: %w", err)
+	}
+	s.wg.Add(4)
+	go func() { defer s.wg.Done(); s.egress.Serve(socksLn, s.identify) }()
 	go func() { defer s.wg.Done(); s.echoHeartbeats() }()
 	go func() { defer s.wg.Done(); s.trackStates(ctx) }()
 	apiErr := make(chan error, 1)
@@ -162,6 +191,9 @@ func (s *server) run(ctx context.Context) error {
 func (s *server) close() {
 	if s.gw != nil {
 		s.gw.Close()
+	}
+	if s.egress != nil {
+		s.egress.Close()
 	}
 	if s.hb != nil {
 		s.hb.Close()
@@ -221,6 +253,41 @@ func (s *server) trackStates(ctx context.Context) {
 			}
 		}
 		s.mu.Unlock()
+	}
+}
+
+// identify names the client a tunnel connection comes from. Its source
+// address is authenticated by WireGuard.
+func (s *server) identify(c net.Conn) (string, error) {
+	ra, ok := c.RemoteAddr().(*net.TCPAddr) // nil after a failed connection
+	if !ok {
+		return "", errors.New("connection has no remote address")
+	}
+	addr := ra.AddrPort().Addr().Unmap()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r := s.byAddr[addr]; r != nil {
+		return r.id, nil
+	}
+	return "", fmt.Errorf("%s is no registered client's tunnel address", addr)
+}
+
+func (s *server) socksAllowed(clientID string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r := s.clients[clientID]; r == nil || !r.socks {
+		return fmt.Errorf("SOCKS5 is disabled for client %q", clientID)
+	}
+	return nil
+}
+
+func (s *server) countEgress(clientID string, sent, received int64) {
+	s.mu.Lock()
+	r := s.clients[clientID]
+	s.mu.Unlock()
+	if r != nil {
+		r.egressSent.Add(uint64(sent))
+		r.egressReceived.Add(uint64(received))
 	}
 }
 
@@ -290,12 +357,15 @@ func (s *server) Clients() map[string]mgmt.ClientStatus {
 
 func (s *server) statusLocked(c *registered, st wg.PeerStats) mgmt.ClientStatus {
 	cs := mgmt.ClientStatus{
-		CurrentState:  c.state,
-		LastState:     c.lastState,
-		PublicKey:     c.pub.String(),
-		TunnelAddress: c.addr.String(),
-		BytesIn:       st.RxBytes,
-		BytesOut:      st.TxBytes,
+		CurrentState:        c.state,
+		LastState:           c.lastState,
+		PublicKey:           c.pub.String(),
+		TunnelAddress:       c.addr.String(),
+		BytesIn:             st.RxBytes,
+		BytesOut:            st.TxBytes,
+		Socks5Enabled:       c.socks,
+		Socks5BytesSent:     c.egressSent.Load(),
+		Socks5BytesReceived: c.egressReceived.Load(),
 	}
 	if !st.LastHandshake.IsZero() {
 		t := st.LastHandshake.UTC()
@@ -330,9 +400,17 @@ func (s *server) PutClient(id string, reg mgmt.ClientRegistration) (mgmt.ClientS
 			return mgmt.ClientStatus{}, fmt.Errorf("%w: PublicKey already belongs to client %q", mgmt.ErrConflict, otherID)
 		}
 	}
+	socks := reg.Socks5Enabled == nil || *reg.Socks5Enabled
 	addr := wg.ClientAddr(pub)
 	old := s.clients[id]
 	if old != nil && old.pub == pub {
+		if old.socks != socks {
+			old.socks = socks
+			if !socks && s.egress != nil {
+				s.egress.CloseClient(id)
+			}
+			s.log.Info("client SOCKS5 setting changed", "client", id, "socks5_enabled", socks)
+		}
 		return s.statusLocked(old, wg.PeerStats{}), nil
 	}
 	if err := s.dev.SetPeer(wg.Peer{PublicKey: pub, AllowedIPs: []netip.Prefix{netip.PrefixFrom(addr, 128)}}); err != nil {
@@ -341,14 +419,17 @@ func (s *server) PutClient(id string, reg mgmt.ClientRegistration) (mgmt.ClientS
 		}
 		return mgmt.ClientStatus{}, err
 	}
-	c := &registered{id: id, pub: pub, addr: addr, state: mgmt.ClientUnknown, lastState: mgmt.ClientUnknown}
+	c := &registered{id: id, pub: pub, addr: addr, socks: socks, state: mgmt.ClientUnknown, lastState: mgmt.ClientUnknown,
+		egressSent: new(atomic.Uint64), egressReceived: new(atomic.Uint64)}
 	if old != nil {
+		c.egressSent, c.egressReceived = old.egressSent, old.egressReceived
 		if err := s.dev.RemovePeer(old.pub); err != nil {
 			s.log.Warn("removing rotated peer", "client", id, "err", err)
 		}
 		delete(s.byAddr, old.addr)
 		if s.gw != nil {
 			s.gw.CloseClient(id)
+			s.egress.CloseClient(id)
 		}
 		s.log.Info("client key rotated", "client", id, "tunnel_address", addr)
 	} else {
@@ -384,6 +465,7 @@ func (s *server) DeleteClient(id string) error {
 	delete(s.clients, id)
 	delete(s.byAddr, c.addr)
 	s.gw.CloseClient(id)
+	s.egress.CloseClient(id)
 	s.log.Info("client removed", "client", id)
 	return nil
 }

@@ -217,6 +217,12 @@ func writeJSON(t testing.TB, path string, v any) {
 // startServer starts a server with the given clients registered.
 func startServer(t testing.TB, clients map[string]wg.Key) *server {
 	t.Helper()
+	return startServerWith(t, clients, nil)
+}
+
+// startServerWith is startServer with extra config fields (they win).
+func startServerWith(t testing.TB, clients map[string]wg.Key, extra map[string]any) *server {
+	t.Helper()
 	s := &server{dir: t.TempDir(), key: newKey(t), tunnelPort: freePort(t, "udp"), mgmtPort: freePort(t, "tcp")}
 	s.api = fmt.Sprintf("http://127.0.0.1:%d", s.mgmtPort)
 	keyFile := filepath.Join(s.dir, "server.key")
@@ -230,6 +236,9 @@ func startServer(t testing.TB, clients map[string]wg.Key) *server {
 	s.config = map[string]any{
 		"DebugLog": true, "TunnelControlPort": s.tunnelPort, "ManagementPort": s.mgmtPort,
 		"PrivateKeyFile": keyFile, "Clients": regs,
+	}
+	for k, v := range extra {
+		s.config[k] = v
 	}
 	s.start(t)
 	return s
@@ -257,6 +266,12 @@ type client struct {
 
 func startClient(t testing.TB, s *server, id string, key wg.Key, services map[string]string) *client {
 	t.Helper()
+	return startClientWith(t, s, id, key, services, nil)
+}
+
+// startClientWith is startClient with extra config fields (they win).
+func startClientWith(t testing.TB, s *server, id string, key wg.Key, services map[string]string, extra map[string]any) *client {
+	t.Helper()
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "client.key")
 	if err := os.WriteFile(keyFile, []byte(key.String()+"\n"), 0o600); err != nil {
@@ -266,6 +281,9 @@ func startClient(t testing.TB, s *server, id string, key wg.Key, services map[st
 	c.config = map[string]any{
 		"DebugLog": true, "ClientId": id, "ServerHost": "127.0.0.1", "ServerTunnelControlPort": s.tunnelPort,
 		"ServerPublicKey": s.key.PublicKey().String(), "PrivateKeyFile": keyFile, "ServiceToLocalAddrMap": services,
+	}
+	for k, v := range extra {
+		c.config[k] = v
 	}
 	writeJSON(t, c.path, c.config)
 	c.start(t)
@@ -336,6 +354,8 @@ type clientStatus struct {
 	CurrentState, LastState, PublicKey, TunnelAddress string
 	LastHandshake                                     *time.Time
 	BytesIn, BytesOut                                 uint64
+	Socks5Enabled                                     bool
+	Socks5BytesSent, Socks5BytesReceived              uint64
 }
 
 func (s *server) clients(t testing.TB) map[string]clientStatus {
