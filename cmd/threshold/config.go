@@ -258,10 +258,34 @@ func (c *ServerConfig) egressPolicy() (forward.EgressPolicy, error) {
 	field("Socks5DenyPorts", err)
 	pol.TunnelPrefix = wg.TunnelPrefix
 	if a, err := netip.ParseAddr(c.ManagementAddress); err == nil && c.ManagementPort > 0 && c.ManagementPort < 65536 {
-		pol.DenyAddrPorts = []netip.AddrPort{netip.AddrPortFrom(a, uint16(c.ManagementPort))}
+		port := uint16(c.ManagementPort)
+		if !a.IsUnspecified() {
+			pol.DenyAddrPorts = []netip.AddrPort{netip.AddrPortFrom(a, port)}
+		} else {
+			// Bound to every address: deny the port on each of ours.
+			for _, a := range localAddrs() {
+				pol.DenyAddrPorts = append(pol.DenyAddrPorts, netip.AddrPortFrom(a, port))
+			}
+		}
 	}
 	if len(errs) == 0 {
 		field("Socks5 policy", pol.Validate())
 	}
 	return pol, errors.Join(errs...)
+}
+
+func localAddrs() []netip.Addr {
+	ifAddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, ia := range ifAddrs {
+		if n, ok := ia.(*net.IPNet); ok {
+			if a, ok := netip.AddrFromSlice(n.IP); ok {
+				out = append(out, a.Unmap())
+			}
+		}
+	}
+	return out
 }

@@ -24,7 +24,7 @@ import (
 	"github.com/thresholdtunnel/threshold/wg"
 )
 
-var binPath string
+var binPath, nettoolPath string
 
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
@@ -38,12 +38,18 @@ func runMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	binPath = filepath.Join(dir, "threshold")
-	build := exec.Command("go", "build", "-o", binPath, "github.com/thresholdtunnel/threshold/cmd/threshold")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building threshold: %v\n%s", err, out)
-		return 1
+	nettoolPath = filepath.Join(dir, "nettool")
+	for path, pkg := range map[string]string{binPath: "./cmd/threshold", nettoolPath: "./test/e2e/nettool"} {
+		build := exec.Command("go", "build", "-o", path, "github.com/thresholdtunnel/threshold/"+strings.TrimPrefix(pkg, "./"))
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, out)
+			return 1
+		}
 	}
+	// Directories are made world-readable so tests may run the binaries as
+	// an unprivileged user.
+	os.Chmod(dir, 0o755)
 	return m.Run()
 }
 
@@ -135,8 +141,14 @@ type proc struct {
 // prints its output.
 func startProc(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
+	return startCmd(t, name, binPath, args...)
+}
+
+// startCmd runs any program like startProc.
+func startCmd(t testing.TB, name, path string, args ...string) *proc {
+	t.Helper()
 	p := &proc{t: t, name: name, logs: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(binPath, args...)
+	p.cmd = exec.Command(path, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", name, err)
