@@ -494,7 +494,7 @@ func (c cancelOnClose) Close() error { c.cancel(); return nil }
 // CloseClient ends every live session of a client, for when the client is
 // removed; it returns how many there were.
 func (e *Egress) CloseClient(clientID string) int {
-	return e.live.closeMatching(func(s *session) bool { return s.client == clientID })
+	return e.live.closeMatching(func(s *session) bool { return s.is("", clientID) })
 }
 
 // Live reports how many sessions are in progress.

@@ -52,7 +52,18 @@ type GatewayConfig struct {
 	// DialTimeout bounds reaching the client and sending it the request.
 	DialTimeout time.Duration
 	Timeouts    Timeouts
+	// Connected tells whether a client is connected now; a tunnel's new
+	// connections go to the first connected client in its list. Nil
+	// treats every client as connected.
+	Connected func(clientID string) bool
+	// PeekTimeout bounds reading a TLS ClientHello or HTTP request head on a
+	// port whose tunnels are chosen by host name; DefaultPeekTimeout if zero.
+	PeekTimeout time.Duration
 }
+
+// failoverDialTimeout bounds a dial to a client when another client could
+// take the connection instead: a live client answers well within it.
+const failoverDialTimeout = 2 * time.Second
 
 // DefaultDialTimeout bounds a dial through the tunnel.
 const DefaultDialTimeout = 5 * time.Second
@@ -101,17 +112,38 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
+	if cfg.PeekTimeout <= 0 {
+		cfg.PeekTimeout = DefaultPeekTimeout
+	}
+	if cfg.Connected == nil {
+		cfg.Connected = func(string) bool { return true }
+	}
 	cfg.Timeouts = cfg.Timeouts.withDefaults()
 	g := &Gateway{cfg: cfg, log: cfg.Logger, listeners: make(map[string]*listener)}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	return g, nil
 }
 
-// Tunnels returns the tunnels in force, in the order they were applied.
+// Tunnels returns the tunnels in force, in the order they were applied,
+// each with the client its new connections go to now.
 func (g *Gateway) Tunnels() []Tunnel {
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	return slices.Clone(g.tunnels)
+	ts := slices.Clone(g.tunnels)
+	g.mu.Unlock()
+	for i := range ts {
+		ts[i].ActiveClientId = g.activeClient(ts[i])
+	}
+	return ts
+}
+
+// activeClient is the first connected client of t, or "" if none is.
+func (g *Gateway) activeClient(t Tunnel) string {
+	for _, id := range t.Clients() {
+		if g.cfg.Connected(id) {
+			return id
+		}
+	}
+	return ""
 }
 
 // Apply replaces the whole tunnel list. It is atomic: either every listener
@@ -168,6 +200,15 @@ func (g *Gateway) Apply(ts []Tunnel) ([]Tunnel, error) {
 	}
 
 	g.mu.Lock()
+	if g.closed {
+		// Close ran while the listeners were being opened: it has already
+		// stopped everything it knew of and may have finished waiting.
+		g.mu.Unlock()
+		for _, l := range opened {
+			l.ln.Close()
+		}
+		return nil, ErrClosed
+	}
 	oldRoutes := make(map[string]bool)
 	for _, t := range g.tunnels {
 		oldRoutes[t.RouteKey()] = true
@@ -202,7 +243,7 @@ func (g *Gateway) Apply(ts []Tunnel) ([]Tunnel, error) {
 		delete(oldRoutes, t.RouteKey())
 	}
 	if len(oldRoutes) > 0 {
-		n := g.live.closeMatching(func(s *session) bool { return oldRoutes[s.route] })
+		n := g.live.closeMatching(func(s *session) bool { return oldRoutes[s.routeKey()] })
 		if n > 0 {
 			g.log.Info("closed connections of removed tunnels", "connections", n)
 		}
@@ -213,7 +254,7 @@ func (g *Gateway) Apply(ts []Tunnel) ([]Tunnel, error) {
 // CloseClient closes every live connection to a client, for when the
 // client is removed; it returns how many there were.
 func (g *Gateway) CloseClient(clientID string) int {
-	return g.live.closeMatching(func(s *session) bool { return s.client == clientID })
+	return g.live.closeMatching(func(s *session) bool { return s.is("", clientID) })
 }
 
 // Live reports how many proxied connections are open.
@@ -261,19 +302,20 @@ func (g *Gateway) serve(l *listener) {
 		}
 		backoff = 0
 		g.wg.Add(1)
-		go g.handle(l, c)
+		go func() {
+			defer g.wg.Done()
+			g.handle(l, c)
+		}()
 	}
 }
 
 func (g *Gateway) handle(l *listener, public net.Conn) {
-	defer g.wg.Done()
 	routes := l.routes.Load()
 	if routes == nil || len(*routes) == 0 {
 		public.Close()
 		return
 	}
-	t := (*routes)[0]
-	s := &session{route: t.RouteKey(), client: t.ClientId}
+	s := &session{}
 	if !g.live.start(s) {
 		public.Close()
 		return
@@ -282,20 +324,27 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 	if !s.add(public) {
 		return
 	}
-	log := g.log.With("tunnel", t.RouteKey(), "client", t.ClientId, "from", public.RemoteAddr().String())
-
-	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.DialTimeout)
-	up, err := g.cfg.Dial(ctx, t.ClientId)
-	cancel()
+	t, public, ok := g.route(*routes, public)
+	if !ok {
+		s.close()
+		return
+	}
+	s.setRoute(t.RouteKey())
+	if !s.add(public) { // the replaying wrapper, if the route was peeked
+		return
+	}
+	log := g.log.With("tunnel", t.RouteKey(), "from", public.RemoteAddr().String())
+	up, client, err := g.dial(t)
 	if err != nil {
-		log.Info("connection refused: client unreachable", "err", err)
-		public.Close()
+		log.Info("connection refused: no client reachable", "clients", t.Clients(), "err", err)
+		s.close()
 		return
 	}
+	s.setClient(client)
 	if !s.add(up) {
-		public.Close()
 		return
 	}
+	log = log.With("client", client)
 	req := Request{
 		Service:              t.BackEndService,
 		Source:               addrPortOf(public.RemoteAddr()),
@@ -311,6 +360,62 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 	_ = up.SetWriteDeadline(time.Time{})
 	res := Join(public, &statusConn{Conn: up}, g.cfg.Timeouts)
 	log.Debug("connection done", "bytes_in", res.AToB, "bytes_out", res.BToA, "err", res.Err)
+}
+
+// route picks the tunnel for a new connection. A port served by one "*"
+// tunnel needs no peeking; otherwise the TLS server name or HTTP Host is
+// peeked (and replayed unchanged through the returned conn) and the most
+// specific matching glob wins.
+func (g *Gateway) route(routes []Tunnel, c net.Conn) (Tunnel, net.Conn, bool) {
+	if len(routes) == 1 && routes[0].ListenHostnameGlob == "*" {
+		return routes[0], c, true
+	}
+	host, proto, replay, err := PeekHostname(c, g.cfg.PeekTimeout, DefaultPeekMaxBytes)
+	if err != nil {
+		g.log.Info("connection dropped: no host name could be read", "from", c.RemoteAddr().String(), "err", err)
+		return Tunnel{}, nil, false
+	}
+	globs := make([]string, len(routes))
+	for i, t := range routes {
+		globs[i] = t.ListenHostnameGlob
+	}
+	i, ok := PickRoute(globs, host)
+	if !ok {
+		g.log.Info("connection dropped: no tunnel for this host name", "from", c.RemoteAddr().String(), "host", host, "protocol", proto.String())
+		return Tunnel{}, nil, false
+	}
+	return routes[i], replay, true
+}
+
+// dial reaches the first connected client of t that answers.
+func (g *Gateway) dial(t Tunnel) (net.Conn, string, error) {
+	var candidates []string
+	for _, id := range t.Clients() {
+		if g.cfg.Connected(id) {
+			candidates = append(candidates, id)
+		}
+	}
+	if len(candidates) == 0 {
+		return nil, "", fmt.Errorf("none of %v is connected", t.Clients())
+	}
+	var errs []error
+	for i, id := range candidates {
+		timeout := g.cfg.DialTimeout
+		if i < len(candidates)-1 {
+			timeout = min(timeout, failoverDialTimeout)
+		}
+		ctx, cancel := context.WithTimeout(g.ctx, timeout)
+		up, err := g.cfg.Dial(ctx, id)
+		cancel()
+		if err == nil {
+			return up, id, nil
+		}
+		errs = append(errs, err)
+		if g.ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, "", errors.Join(errs...)
 }
 
 // addrPortOf turns a socket address into an AddrPort; zero if it cannot.

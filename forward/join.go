@@ -57,7 +57,10 @@ type Joined struct {
 // ended, then closes both. When one side ends its stream, the other side's
 // write half is shut (half-close) and the opposite direction continues. Any
 // error, or inactivity beyond the timeouts, closes both at once. Closing
-// either connection from outside makes Join return promptly.
+// either connection from outside makes Join return promptly, except that
+// once one side's stream has ended Join no longer reads from it, so closing
+// only that side goes unnoticed until the other direction moves or the
+// HalfClosed timeout fires; close both to be sure.
 func Join(a, b net.Conn, t Timeouts) Joined {
 	t = t.withDefaults()
 	j := &join{t: t}
@@ -119,6 +122,9 @@ func (j *join) pipe(dst, src net.Conn) (int64, error) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			j.touch()
+			// Read may have blocked for most of the limit: measure the
+			// write deadline from now, not from before the read.
+			now = time.Now()
 			if writeDeadline.Sub(now) < limit*3/4 {
 				writeDeadline = now.Add(limit)
 				if err := dst.SetWriteDeadline(writeDeadline); err != nil {

@@ -297,6 +297,10 @@ func peekHTTP(r *peekRecorder) (host string, isHTTP bool, err error) {
 			scan = next
 		}
 		if err := r.fill(); err != nil {
+			if err == io.EOF && !lineChecked {
+				// Closed before a whole request line: not HTTP, just short.
+				return "", false, nil
+			}
 			return "", true, r.readError(err)
 		}
 	}

@@ -26,7 +26,9 @@ func TestRelay(t *testing.T) {
 	}()
 	var d net.Dialer
 	r, err := NewRelay(RelayConfig{
-		Dial:   func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", upstream.Addr().String()) },
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", upstream.Addr().String())
+		},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {

@@ -8,10 +8,9 @@ import (
 // session is one proxied connection: the conns on both sides of it, closed
 // together when its tunnel or client goes away or its owner shuts down.
 type session struct {
-	route  string // Tunnel.RouteKey, on the server
-	client string // ClientId, on the server
-
 	mu     sync.Mutex
+	route  string // Tunnel.RouteKey, on the server
+	client string // the ClientId it went to, on the server
 	conns  []net.Conn
 	closed bool
 }
@@ -27,6 +26,32 @@ func (s *session) add(c net.Conn) bool {
 	}
 	s.conns = append(s.conns, c)
 	return true
+}
+
+func (s *session) setRoute(route string) {
+	s.mu.Lock()
+	s.route = route
+	s.mu.Unlock()
+}
+
+func (s *session) setClient(id string) {
+	s.mu.Lock()
+	s.client = id
+	s.mu.Unlock()
+}
+
+// is reports whether the session belongs to a route or client ("" matches
+// nothing).
+func (s *session) is(route, client string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return (route != "" && s.route == route) || (client != "" && s.client == client)
+}
+
+func (s *session) routeKey() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.route
 }
 
 func (s *session) close() {

@@ -22,7 +22,23 @@ type Tunnel struct {
 	ListenPort         int
 	// BackEndService is a name the client maps to one of its local addresses.
 	BackEndService string
-	ClientId       string
+	// ClientId names the client; or ClientIds names several in order of
+	// preference: each new connection goes to the first connected one.
+	ClientId  string   `json:",omitempty"`
+	ClientIds []string `json:",omitempty"`
+	// ActiveClientId is output only: the client new connections go to now.
+	ActiveClientId string `json:",omitempty"`
+}
+
+// Clients lists the tunnel's clients in order of preference.
+func (t Tunnel) Clients() []string {
+	if len(t.ClientIds) > 0 {
+		return t.ClientIds
+	}
+	if t.ClientId != "" {
+		return []string{t.ClientId}
+	}
+	return nil
 }
 
 // ListenKey is the public socket address a tunnel listens on.
@@ -43,6 +59,7 @@ func (t Tunnel) backendProxyVersion() int {
 // Normalize fills defaults in place: glob "*", PROXY version 1 when
 // HaProxyProxyProtocol is set, the canonical form of ListenAddress.
 func (t *Tunnel) Normalize() {
+	t.ActiveClientId = ""
 	if t.ListenHostnameGlob == "" {
 		t.ListenHostnameGlob = "*"
 	}
@@ -76,8 +93,20 @@ func (t Tunnel) Problems(where string) []string {
 	if err := CheckServiceName(t.BackEndService); err != nil {
 		add("BackEndService", "%v", err)
 	}
-	if strings.TrimSpace(t.ClientId) == "" {
-		add("ClientId", "is required")
+	switch {
+	case t.ClientId != "" && len(t.ClientIds) > 0:
+		add("ClientIds", "set ClientId or ClientIds, not both")
+	case strings.TrimSpace(t.ClientId) == "" && len(t.ClientIds) == 0:
+		add("ClientId", "is required (or ClientIds, a list in order of preference)")
+	}
+	seen := map[string]bool{}
+	for i, id := range t.ClientIds {
+		if strings.TrimSpace(id) == "" {
+			add(fmt.Sprintf("ClientIds[%d]", i), "is empty")
+		} else if seen[id] {
+			add(fmt.Sprintf("ClientIds[%d]", i), "%q is listed twice", id)
+		}
+		seen[id] = true
 	}
 	if t.HaProxyProxyProtocolVersion != 0 && !t.HaProxyProxyProtocol {
 		add("HaProxyProxyProtocolVersion", "is set but HaProxyProxyProtocol is false")
@@ -145,7 +174,6 @@ func CheckHostnameGlob(g string) error {
 func CheckTunnels(ts []Tunnel) []string {
 	var p []string
 	seen := make(map[string]int)
-	byPort := make(map[string]int)
 	for i := range ts {
 		ts[i].Normalize()
 		where := fmt.Sprintf("tunnels[%d]", i)
@@ -155,10 +183,6 @@ func CheckTunnels(ts []Tunnel) []string {
 			continue
 		}
 		seen[ts[i].RouteKey()] = i
-		if j, shared := byPort[ts[i].ListenKey()]; shared {
-			p = append(p, fmt.Sprintf("%s: shares %s with tunnels[%d]; routing several hostnames on one port is not supported yet", where, ts[i].ListenKey(), j))
-		}
-		byPort[ts[i].ListenKey()] = i
 	}
 	return p
 }

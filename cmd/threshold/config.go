@@ -24,6 +24,9 @@ type ServerConfig struct {
 	ManagementAddress string // default 127.0.0.1
 	PrivateKeyFile    string // generated (0600) if missing
 	Clients           []ClientRegistration
+	// HostnamePeekTimeoutSeconds bounds the wait for a TLS ClientHello or
+	// HTTP request head on ports shared by host name; 5 when zero.
+	HostnamePeekTimeoutSeconds float64
 
 	// SOCKS5 egress. The default policy denies private, loopback,
 	// link-local and other non-public destinations; these add to it.
@@ -114,6 +117,9 @@ func (c *ServerConfig) fillDefaults() {
 	if c.PrivateKeyFile == "" {
 		c.PrivateKeyFile = defaultServerKeyFile
 	}
+	if c.HostnamePeekTimeoutSeconds == 0 {
+		c.HostnamePeekTimeoutSeconds = 5
+	}
 }
 
 func (c *ClientConfig) fillDefaults() {
@@ -149,6 +155,9 @@ func (c *ServerConfig) validate() error {
 	var p problems
 	checkPort(&p, "TunnelControlPort", c.TunnelControlPort)
 	checkPort(&p, "ManagementPort", c.ManagementPort)
+	if c.HostnamePeekTimeoutSeconds < 0 || c.HostnamePeekTimeoutSeconds > 300 {
+		p.addf("HostnamePeekTimeoutSeconds", "%v is not between 0 and 300", c.HostnamePeekTimeoutSeconds)
+	}
 	if a, err := netip.ParseAddr(c.ManagementAddress); err != nil || a.Zone() != "" {
 		p.addf("ManagementAddress", "%q is not an IP address", c.ManagementAddress)
 	}

@@ -104,7 +104,12 @@ func newServer(cfg ServerConfig, log *slog.Logger) (_ *server, err error) {
 	if s.hb, err = s.stack.ListenUDP(netip.AddrPortFrom(wg.ServerAddr, heartbeatPort)); err != nil {
 		return nil, fmt.Errorf("heartbeat socket: %w", err)
 	}
-	if s.gw, err = forward.NewGateway(forward.GatewayConfig{Dial: s.dialClient, Logger: log.With("component", "gateway")}); err != nil {
+	if s.gw, err = forward.NewGateway(forward.GatewayConfig{
+		Dial:        s.dialClient,
+		Connected:   s.connected,
+		PeekTimeout: time.Duration(cfg.HostnamePeekTimeoutSeconds * float64(time.Second)),
+		Logger:      log.With("component", "gateway"),
+	}); err != nil {
 		return nil, err
 	}
 	policy, err := cfg.egressPolicy()
@@ -291,6 +296,13 @@ func (s *server) countEgress(clientID string, sent, received int64) {
 	}
 }
 
+func (s *server) connected(clientID string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.clients[clientID]
+	return c != nil && c.state == mgmt.ClientConnected
+}
+
 // dialClient reaches a client's connector through the tunnel.
 func (s *server) dialClient(ctx context.Context, clientID string) (net.Conn, error) {
 	s.mu.Lock()
@@ -324,8 +336,10 @@ func (s *server) SetTunnels(ts []forward.Tunnel) ([]forward.Tunnel, error) {
 	s.mu.Lock()
 	var p []string
 	for i, t := range ts {
-		if t.ClientId != "" && s.clients[t.ClientId] == nil {
-			p = append(p, fmt.Sprintf("tunnels[%d].ClientId: %q is not a registered client", i, t.ClientId))
+		for _, id := range t.Clients() {
+			if id != "" && s.clients[id] == nil {
+				p = append(p, fmt.Sprintf("tunnels[%d]: client %q is not registered", i, id))
+			}
 		}
 	}
 	s.mu.Unlock()
@@ -334,7 +348,10 @@ func (s *server) SetTunnels(ts []forward.Tunnel) ([]forward.Tunnel, error) {
 		p = append(forward.CheckTunnels(slices.Clone(ts)), p...)
 		return nil, &forward.ProblemsError{Kind: forward.ErrInvalid, Problems: p}
 	}
-	return s.gw.Apply(ts)
+	if _, err := s.gw.Apply(ts); err != nil {
+		return nil, err
+	}
+	return s.gw.Tunnels(), nil
 }
 
 func (s *server) Clients() map[string]mgmt.ClientStatus {
@@ -446,7 +463,7 @@ func (s *server) DeleteClient(id string) error {
 	defer s.opMu.Unlock()
 	var users []string
 	for i, t := range s.gw.Tunnels() {
-		if t.ClientId == id {
+		if slices.Contains(t.Clients(), id) {
 			users = append(users, fmt.Sprintf("tunnels[%d] (%s)", i, t.RouteKey()))
 		}
 	}

@@ -395,7 +395,9 @@ type tunnel struct {
 	ListenHostnameGlob          string
 	ListenPort                  int
 	BackEndService              string
-	ClientId                    string
+	ClientId                    string   `json:",omitempty"`
+	ClientIds                   []string `json:",omitempty"`
+	ActiveClientId              string   `json:",omitempty"`
 }
 
 // --- backends and senders ---
