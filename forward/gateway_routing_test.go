@@ -151,4 +151,3 @@ func TestTunnelClientIdsValidation(t *testing.T) {
 		t.Errorf("valid failover tunnel: %v %+v", p, ok)
 	}
 }
-
