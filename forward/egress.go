@@ -104,6 +104,9 @@ type EgressConfig struct {
 	// ClientAllowed, if set, is asked before each request is served; an
 	// error refuses it with "connection not allowed by ruleset".
 	ClientAllowed func(clientID string) error
+	// Meter, if set, gives each session that reaches the data phase a
+	// Meter told about bytes as they flow (AToB: sent by the client).
+	Meter func(clientID string) Meter
 	// OnBytes, if set, is called once at the end of every session that
 	// reached the data phase, with the payload bytes the client sent to the
 	// destination and received from it. It must not block for long.
@@ -249,7 +252,11 @@ func (e *Egress) ServeConn(clientID string, c net.Conn) error {
 		return fmt.Errorf("egress: clearing handshake deadline: %w", err)
 	}
 
-	res := Join(c, target, e.cfg.Timeouts)
+	var m Meter
+	if e.cfg.Meter != nil {
+		m = e.cfg.Meter(clientID)
+	}
+	res := JoinMetered(c, target, e.cfg.Timeouts, m)
 	if e.cfg.OnBytes != nil {
 		e.cfg.OnBytes(clientID, res.AToB, res.BToA)
 	}

@@ -59,7 +59,32 @@ type GatewayConfig struct {
 	// PeekTimeout bounds reading a TLS ClientHello or HTTP request head on a
 	// port whose tunnels are chosen by host name; DefaultPeekTimeout if zero.
 	PeekTimeout time.Duration
+	// Observe, if set, is called for each connection handed to a client;
+	// the ConnObserver it returns meters that connection.
+	Observe func(t Tunnel, clientID string) ConnObserver
+	// Rejected, if set, is told each time a public connection is refused,
+	// with one of the Reject* reasons.
+	Rejected func(reason string)
 }
+
+// ConnObserver meters one proxied connection.
+type ConnObserver interface {
+	// In and Out report payload bytes from and to the public user.
+	In(n int64)
+	Out(n int64)
+	// Done is called once, when the connection has ended.
+	Done()
+}
+
+// Reasons a public connection is refused.
+const (
+	RejectNoHostname         = "no_hostname"         // peek failed: silent, garbage, too large
+	RejectNoRoute            = "no_route"            // no tunnel matches the host name
+	RejectNoClient           = "client_unreachable"  // no client of the tunnel connected or answering
+	RejectUnknownService     = "unknown_service"     // the client has no such service
+	RejectBackendUnreachable = "backend_unreachable" // the client could not reach its service
+	RejectShuttingDown       = "shutting_down"
+)
 
 // failoverDialTimeout bounds a dial to a client when another client could
 // take the connection instead: a live client answers well within it.
@@ -83,6 +108,7 @@ type Gateway struct {
 	listeners map[string]*listener // by Tunnel.ListenKey
 	tunnels   []Tunnel
 	closed    bool
+	draining  bool // Shutdown began: Apply is refused
 
 	live sessions
 }
@@ -117,6 +143,9 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	}
 	if cfg.Connected == nil {
 		cfg.Connected = func(string) bool { return true }
+	}
+	if cfg.Rejected == nil {
+		cfg.Rejected = func(string) {}
 	}
 	cfg.Timeouts = cfg.Timeouts.withDefaults()
 	g := &Gateway{cfg: cfg, log: cfg.Logger, listeners: make(map[string]*listener)}
@@ -160,7 +189,7 @@ func (g *Gateway) Apply(ts []Tunnel) ([]Tunnel, error) {
 	defer g.applyMu.Unlock()
 
 	g.mu.Lock()
-	closed := g.closed
+	closed := g.closed || g.draining
 	have := make(map[string]bool, len(g.listeners))
 	for k := range g.listeners {
 		have[k] = true
@@ -200,7 +229,7 @@ func (g *Gateway) Apply(ts []Tunnel) ([]Tunnel, error) {
 	}
 
 	g.mu.Lock()
-	if g.closed {
+	if g.closed || g.draining {
 		// Close ran while the listeners were being opened: it has already
 		// stopped everything it knew of and may have finished waiting.
 		g.mu.Unlock()
@@ -259,6 +288,31 @@ func (g *Gateway) CloseClient(clientID string) int {
 
 // Live reports how many proxied connections are open.
 func (g *Gateway) Live() int { return g.live.count() }
+
+// Shutdown stops accepting, lets live connections finish until ctx ends,
+// then closes whatever is left, like Close. It returns how many
+// connections had to be cut.
+func (g *Gateway) Shutdown(ctx context.Context) int {
+	g.mu.Lock()
+	ls := g.listeners
+	g.listeners = map[string]*listener{}
+	g.draining = true
+	g.mu.Unlock()
+	for _, l := range ls {
+		l.ln.Close()
+	}
+	for delay := 5 * time.Millisecond; g.live.count() > 0; delay = min(2*delay, 100*time.Millisecond) {
+		select {
+		case <-ctx.Done():
+			n := g.live.count()
+			g.Close()
+			return n
+		case <-time.After(delay):
+		}
+	}
+	g.Close()
+	return 0
+}
 
 // Close stops every listener, closes every connection and waits for all of
 // the Gateway's goroutines. It is idempotent.
@@ -324,8 +378,9 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 	if !s.add(public) {
 		return
 	}
-	t, public, ok := g.route(*routes, public)
-	if !ok {
+	t, public, reason := g.route(*routes, public)
+	if reason != "" {
+		g.cfg.Rejected(reason)
 		s.close()
 		return
 	}
@@ -337,6 +392,7 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 	up, client, err := g.dial(t)
 	if err != nil {
 		log.Info("connection refused: no client reachable", "clients", t.Clients(), "err", err)
+		g.cfg.Rejected(RejectNoClient)
 		s.close()
 		return
 	}
@@ -354,11 +410,24 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 	_ = up.SetWriteDeadline(time.Now().Add(g.cfg.DialTimeout))
 	if err := WriteRequest(up, req); err != nil {
 		log.Info("connection refused: sending request to client", "err", err)
+		g.cfg.Rejected(RejectNoClient)
 		s.close()
 		return
 	}
 	_ = up.SetWriteDeadline(time.Time{})
-	res := Join(public, &statusConn{Conn: up}, g.cfg.Timeouts)
+	var m Meter
+	if g.cfg.Observe != nil {
+		obs := g.cfg.Observe(t, client)
+		defer obs.Done()
+		m = Meter{AToB: obs.In, BToA: obs.Out}
+	}
+	res := JoinMetered(public, &statusConn{Conn: up}, g.cfg.Timeouts, m)
+	switch {
+	case errors.Is(res.Err, ErrUnknownService):
+		g.cfg.Rejected(RejectUnknownService)
+	case errors.Is(res.Err, ErrBackendUnreachable):
+		g.cfg.Rejected(RejectBackendUnreachable)
+	}
 	log.Debug("connection done", "bytes_in", res.AToB, "bytes_out", res.BToA, "err", res.Err)
 }
 
@@ -366,14 +435,14 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 // tunnel needs no peeking; otherwise the TLS server name or HTTP Host is
 // peeked (and replayed unchanged through the returned conn) and the most
 // specific matching glob wins.
-func (g *Gateway) route(routes []Tunnel, c net.Conn) (Tunnel, net.Conn, bool) {
+func (g *Gateway) route(routes []Tunnel, c net.Conn) (Tunnel, net.Conn, string) {
 	if len(routes) == 1 && routes[0].ListenHostnameGlob == "*" {
-		return routes[0], c, true
+		return routes[0], c, ""
 	}
 	host, proto, replay, err := PeekHostname(c, g.cfg.PeekTimeout, DefaultPeekMaxBytes)
 	if err != nil {
 		g.log.Info("connection dropped: no host name could be read", "from", c.RemoteAddr().String(), "err", err)
-		return Tunnel{}, nil, false
+		return Tunnel{}, nil, RejectNoHostname
 	}
 	globs := make([]string, len(routes))
 	for i, t := range routes {
@@ -382,9 +451,9 @@ func (g *Gateway) route(routes []Tunnel, c net.Conn) (Tunnel, net.Conn, bool) {
 	i, ok := PickRoute(globs, host)
 	if !ok {
 		g.log.Info("connection dropped: no tunnel for this host name", "from", c.RemoteAddr().String(), "host", host, "protocol", proto.String())
-		return Tunnel{}, nil, false
+		return Tunnel{}, nil, RejectNoRoute
 	}
-	return routes[i], replay, true
+	return routes[i], replay, ""
 }
 
 // dial reaches the first connected client of t that answers.

@@ -1,8 +1,10 @@
 package forward
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"net"
 	"reflect"
 	"strings"
 	"sync"
@@ -149,5 +151,118 @@ func TestTunnelClientIdsValidation(t *testing.T) {
 	ok.Normalize()
 	if p := ok.Problems("t"); len(p) != 0 || ok.ActiveClientId != "" || !reflect.DeepEqual(ok.Clients(), []string{"a", "b"}) {
 		t.Errorf("valid failover tunnel: %v %+v", p, ok)
+	}
+}
+
+type countingObserver struct {
+	mu            sync.Mutex
+	in, out, done int64
+}
+
+func (o *countingObserver) In(n int64)  { o.mu.Lock(); o.in += n; o.mu.Unlock() }
+func (o *countingObserver) Out(n int64) { o.mu.Lock(); o.out += n; o.mu.Unlock() }
+func (o *countingObserver) Done()       { o.mu.Lock(); o.done++; o.mu.Unlock() }
+
+func TestGatewayObserveAndRejected(t *testing.T) {
+	obs := &countingObserver{}
+	var mu sync.Mutex
+	rejected := map[string]int{}
+	r := &rtHarness{connected: map[string]bool{}}
+	r.ftGateway = ftNewGateway(t, func(c *GatewayConfig) {
+		c.Connected = func(id string) bool { r.mu.Lock(); defer r.mu.Unlock(); return r.connected[id] }
+		c.PeekTimeout = 200 * time.Millisecond
+		c.Observe = func(tun Tunnel, client string) ConnObserver {
+			if client != "a" || tun.BackEndService != "echo" {
+				t.Errorf("Observe(%+v, %q)", tun, client)
+			}
+			return obs
+		}
+		c.Rejected = func(reason string) { mu.Lock(); rejected[reason]++; mu.Unlock() }
+	})
+	be := ftStartBackend(t, false, "")
+	_, addr := ftStartConnector(t, map[string]string{"echo": be.addr}, nil)
+	r.addClient("a", addr)
+	r.setConnected("a", true)
+	port, named := ftFreePort(t), ftFreePort(t)
+	tn := ftTunnel(named, "a")
+	tn.ListenHostnameGlob = "only.test"
+	r.apply(t, ftTunnel(port, "a"), tn)
+
+	c := ftDialPublic(t, port)
+	msg := strings.Repeat("x", 100000)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	go func() { io.WriteString(c, msg); c.CloseWrite() }()
+	got, err := io.ReadAll(c)
+	if err != nil || len(got) != len(msg) {
+		t.Fatalf("echo: %d bytes, %v", len(got), err)
+	}
+	c.Close()
+	ftWaitFor(t, 5*time.Second, "observer done", func() bool { obs.mu.Lock(); defer obs.mu.Unlock(); return obs.done == 1 })
+	if obs.in != int64(len(msg)) || obs.out != int64(len(msg)) {
+		t.Errorf("observed in %d out %d, want %d each", obs.in, obs.out, len(msg))
+	}
+
+	greeting(t, named, httpHead("other.test")) // no route
+	greeting(t, named, "")                     // silent: no host name
+	r.setConnected("a", false)
+	greeting(t, port, "x") // nobody connected
+	ftWaitFor(t, 5*time.Second, "rejections counted", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return rejected[RejectNoRoute] == 1 && rejected[RejectNoHostname] == 1 && rejected[RejectNoClient] == 1
+	})
+}
+
+func TestGatewayShutdownDrains(t *testing.T) {
+	r := newRtHarness(t, "a")
+	port := ftFreePort(t)
+	r.apply(t, ftTunnel(port, "a"))
+	inflight := ftDialPublic(t, port)
+	ftReadExactly(t, inflight, []byte("a\n"))
+
+	done := make(chan int, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done <- r.gw.Shutdown(ctx)
+	}()
+	ftWaitFor(t, 5*time.Second, "listener closed", func() bool {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	// The in-flight connection still works, then ends by itself.
+	ftEcho(t, inflight, "still here")
+	inflight.CloseWrite()
+	io.ReadAll(inflight)
+	select {
+	case cut := <-done:
+		if cut != 0 {
+			t.Errorf("Shutdown cut %d connections that had finished", cut)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return after the last connection ended")
+	}
+	if _, err := r.gw.Apply([]Tunnel{ftTunnel(port, "a")}); err == nil {
+		t.Error("Apply accepted after Shutdown")
+	}
+}
+
+func TestGatewayShutdownCutsAfterGrace(t *testing.T) {
+	r := newRtHarness(t, "a")
+	port := ftFreePort(t)
+	r.apply(t, ftTunnel(port, "a"))
+	stuck := ftDialPublic(t, port)
+	ftReadExactly(t, stuck, []byte("a\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if cut := r.gw.Shutdown(ctx); cut != 1 {
+		t.Errorf("Shutdown cut %d, want 1", cut)
+	}
+	stuck.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := stuck.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Errorf("connection after grace: %v", err)
 	}
 }

@@ -62,6 +62,17 @@ type Joined struct {
 // only that side goes unnoticed until the other direction moves or the
 // HalfClosed timeout fires; close both to be sure.
 func Join(a, b net.Conn, t Timeouts) Joined {
+	return JoinMetered(a, b, t, Meter{})
+}
+
+// Meter is told about bytes as they are copied, so that counters of
+// long-lived connections stay current. Nil fields are skipped.
+type Meter struct {
+	AToB, BToA func(n int64)
+}
+
+// JoinMetered is Join, reporting bytes to m as they are written.
+func JoinMetered(a, b net.Conn, t Timeouts, m Meter) Joined {
 	t = t.withDefaults()
 	j := &join{t: t}
 	j.touch()
@@ -71,9 +82,9 @@ func Join(a, b net.Conn, t Timeouts) Joined {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		ba, errBA = j.pipe(a, b)
+		ba, errBA = j.pipe(a, b, m.BToA)
 	}()
-	ab, errAB := j.pipe(b, a)
+	ab, errAB := j.pipe(b, a, m.AToB)
 	wg.Wait()
 	a.Close()
 	b.Close()
@@ -99,7 +110,7 @@ func (j *join) limit() time.Duration {
 // pipe copies src to dst. Deadlines are refreshed lazily (only once a good
 // part of the limit has passed) to keep timer churn off the hot path; a
 // deadline that fires while the other direction is busy is simply renewed.
-func (j *join) pipe(dst, src net.Conn) (int64, error) {
+func (j *join) pipe(dst, src net.Conn, count func(int64)) (int64, error) {
 	bufp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bufp)
 	buf := *bufp
@@ -133,6 +144,9 @@ func (j *join) pipe(dst, src net.Conn) (int64, error) {
 			}
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)
+			if count != nil && w > 0 {
+				count(int64(w))
+			}
 			if werr != nil {
 				return fail(werr)
 			}
