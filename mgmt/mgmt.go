@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/thresholdtunnel/threshold/forward"
 )
 
@@ -69,22 +71,51 @@ var (
 // MaxBodyBytes bounds a request body.
 const MaxBodyBytes = 1 << 20
 
+// Options are the optional parts of the API.
+type Options struct {
+	// Auth guards every endpoint but /healthz; nil means no authentication.
+	Auth *Auth
+	// Metrics, if set, is served on GET /metrics, and gets a counter of
+	// management requests by method and status.
+	Metrics *prometheus.Registry
+}
+
 // NewHandler returns the API's HTTP handler.
-func NewHandler(b Backend, log *slog.Logger) (http.Handler, error) {
+func NewHandler(b Backend, log *slog.Logger, opts Options) (http.Handler, error) {
 	if b == nil || log == nil {
 		return nil, errors.New("mgmt: backend and logger are required")
 	}
 	a := &api{b: b, log: log}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /tunnels", a.getTunnels)
-	mux.HandleFunc("PUT /tunnels", a.putTunnels)
-	mux.HandleFunc("GET /clients", a.getClients)
-	mux.HandleFunc("PUT /clients/{id}", a.putClient)
-	mux.HandleFunc("DELETE /clients/{id}", a.deleteClient)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	api := http.NewServeMux()
+	api.HandleFunc("GET /tunnels", a.getTunnels)
+	api.HandleFunc("PUT /tunnels", a.putTunnels)
+	api.HandleFunc("GET /clients", a.getClients)
+	api.HandleFunc("PUT /clients/{id}", a.putClient)
+	api.HandleFunc("DELETE /clients/{id}", a.deleteClient)
+	if opts.Metrics != nil {
+		api.Handle("GET /metrics", promhttp.HandlerFor(opts.Metrics, promhttp.HandlerOpts{}))
+	}
+	var guarded http.Handler = api
+	if opts.Auth != nil {
+		guarded = opts.Auth.Wrap(api)
+	}
+	root := http.NewServeMux()
+	// Liveness reveals nothing, and probes rarely hold credentials.
+	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		a.reply(w, r, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	return mux, nil
+	root.Handle("/", guarded)
+	if opts.Metrics == nil {
+		return root, nil
+	}
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "threshold_management_requests_total",
+		Help: "Management API requests by method and HTTP status.",
+	}, []string{"method", "code"})
+	if err := opts.Metrics.Register(requests); err != nil {
+		return nil, fmt.Errorf("mgmt: registering metrics: %w", err)
+	}
+	return promhttp.InstrumentHandlerCounter(requests, root), nil
 }
 
 type api struct {

@@ -1,9 +1,13 @@
 package mgmt
 
 import (
+	"net/netip"
+	"os"
+
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"log/slog"
 	"net/http"
@@ -56,7 +60,7 @@ func (f *fakeBackend) DeleteClient(id string) error { return f.delErr }
 
 func serve(t *testing.T, b Backend) *httptest.Server {
 	t.Helper()
-	h, err := NewHandler(b, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	h, err := NewHandler(b, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +172,46 @@ func TestClientsEndpoints(t *testing.T) {
 }
 
 func TestNewHandlerValidates(t *testing.T) {
-	if _, err := NewHandler(nil, nil); err == nil {
+	if _, err := NewHandler(nil, nil, Options{}); err == nil {
 		t.Fatal("nil backend accepted")
+	}
+}
+
+func TestMetricsAndHealthzOutsideAuth(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := dir + "/token"
+	os.WriteFile(tokenFile, []byte("0123456789abcdef0123456789abcdef\n"), 0o600)
+	auth, err := NewAuth(AuthConfig{ManagementTokenFile: tokenFile, ListenAddress: netip.MustParseAddr("127.0.0.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	h, err := NewHandler(&fakeBackend{}, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Auth: auth, Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := httptest.NewServer(h)
+	defer s.Close()
+	if code, _ := do(t, s, "GET", "/healthz", ""); code != 200 {
+		t.Errorf("healthz without token: %d", code)
+	}
+	if code, _ := do(t, s, "GET", "/tunnels", ""); code != 401 {
+		t.Errorf("tunnels without token: %d", code)
+	}
+	if code, _ := do(t, s, "GET", "/metrics", ""); code != 401 {
+		t.Errorf("metrics without token: %d", code)
+	}
+	req, _ := http.NewRequest("GET", s.URL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer 0123456789abcdef0123456789abcdef")
+	resp, err := s.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`threshold_management_requests_total{code="401",method="get"} 2`, `threshold_management_requests_total{code="200",method="get"} 1`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s:\n%s", want, body)
+		}
 	}
 }

@@ -9,21 +9,38 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/thresholdtunnel/threshold/forward"
+	"github.com/thresholdtunnel/threshold/mgmt"
 	"github.com/thresholdtunnel/threshold/wg"
 )
 
 // ServerConfig is the server's JSON config; names follow the original.
 type ServerConfig struct {
 	DebugLog          bool
+	LogFormat         string // "text" (default) or "json"
 	TunnelControlPort int    // WireGuard UDP port
 	ManagementPort    int    // management API TCP port
 	ManagementAddress string // default 127.0.0.1
-	PrivateKeyFile    string // generated (0600) if missing
-	Clients           []ClientRegistration
+	// StateDir keeps the server key, registered clients and tunnels, so a
+	// restart comes back as it was. Empty: nothing is kept but the key.
+	StateDir       string
+	PrivateKeyFile string // generated (0600) if missing; StateDir/server.key by default
+	Clients        []ClientRegistration
+
+	// Management API authentication: mutual TLS (all three files), and/or
+	// a bearer token. Without either the API only listens on loopback.
+	CaCertificateFile        string
+	ServerTlsCertificateFile string
+	ServerTlsKeyFile         string
+	ManagementTokenFile      string
+
+	// ShutdownGracePeriodSeconds: on SIGTERM, how long live connections
+	// may go on before they are closed; 10 when zero.
+	ShutdownGracePeriodSeconds float64
 	// HostnamePeekTimeoutSeconds bounds the wait for a TLS ClientHello or
 	// HTTP request head on ports shared by host name; 5 when zero.
 	HostnamePeekTimeoutSeconds float64
@@ -48,6 +65,8 @@ type ClientRegistration struct {
 // ClientConfig is the client's JSON config.
 type ClientConfig struct {
 	DebugLog                bool
+	LogFormat               string // "text" (default) or "json"
+	StateDir                string // keeps the key; PrivateKeyFile defaults to StateDir/client.key
 	ClientId                string
 	ServerHost              string
 	ServerTunnelControlPort int
@@ -116,6 +135,15 @@ func (c *ServerConfig) fillDefaults() {
 	}
 	if c.PrivateKeyFile == "" {
 		c.PrivateKeyFile = defaultServerKeyFile
+		if c.StateDir != "" {
+			c.PrivateKeyFile = filepath.Join(c.StateDir, "server.key")
+		}
+	}
+	if c.ShutdownGracePeriodSeconds == 0 {
+		c.ShutdownGracePeriodSeconds = 10
+	}
+	if c.LogFormat == "" {
+		c.LogFormat = "text"
 	}
 	if c.HostnamePeekTimeoutSeconds == 0 {
 		c.HostnamePeekTimeoutSeconds = 5
@@ -128,6 +156,12 @@ func (c *ClientConfig) fillDefaults() {
 	}
 	if c.PrivateKeyFile == "" {
 		c.PrivateKeyFile = defaultClientKeyFile
+		if c.StateDir != "" {
+			c.PrivateKeyFile = filepath.Join(c.StateDir, "client.key")
+		}
+	}
+	if c.LogFormat == "" {
+		c.LogFormat = "text"
 	}
 }
 
@@ -160,6 +194,18 @@ func (c *ServerConfig) validate() error {
 	}
 	if a, err := netip.ParseAddr(c.ManagementAddress); err != nil || a.Zone() != "" {
 		p.addf("ManagementAddress", "%q is not an IP address", c.ManagementAddress)
+	} else {
+		for _, prob := range c.authConfig(a).Problems() {
+			// mgmt calls the address ListenAddress; this config, ManagementAddress.
+			if rest, ok := strings.CutPrefix(prob, "ListenAddress:"); ok {
+				prob = "ManagementAddress:" + rest
+			}
+			p = append(p, prob)
+		}
+	}
+	checkLogFormat(&p, c.LogFormat)
+	if c.ShutdownGracePeriodSeconds < 0 || c.ShutdownGracePeriodSeconds > 3600 {
+		p.addf("ShutdownGracePeriodSeconds", "%v is not between 0 and 3600", c.ShutdownGracePeriodSeconds)
 	}
 	if _, err := c.egressPolicy(); err != nil {
 		p = append(p, strings.Split(err.Error(), "\n")...)
@@ -203,6 +249,7 @@ func (c *ClientConfig) validate() error {
 		p.addf("ServerHost", "%q is not a host name or IP address (put the port in ServerTunnelControlPort)", c.ServerHost)
 	}
 	checkPort(&p, "ServerTunnelControlPort", c.ServerTunnelControlPort)
+	checkLogFormat(&p, c.LogFormat)
 	if _, err := wg.ParseKey(c.ServerPublicKey); err != nil {
 		p.addf("ServerPublicKey", "%v", err)
 	}
@@ -229,6 +276,22 @@ func (c *ClientConfig) validate() error {
 		}
 	}
 	return p.err("client config")
+}
+
+func checkLogFormat(p *problems, f string) {
+	if f != "text" && f != "json" {
+		p.addf("LogFormat", "%q is not text or json", f)
+	}
+}
+
+func (c *ServerConfig) authConfig(listen netip.Addr) mgmt.AuthConfig {
+	return mgmt.AuthConfig{
+		CaCertificateFile:        c.CaCertificateFile,
+		ServerTlsCertificateFile: c.ServerTlsCertificateFile,
+		ServerTlsKeyFile:         c.ServerTlsKeyFile,
+		ManagementTokenFile:      c.ManagementTokenFile,
+		ListenAddress:            listen,
+	}
 }
 
 func checkClientID(id string) error {

@@ -92,12 +92,15 @@ func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) (code int, ok
 	return 0, true
 }
 
-func newLogger(w io.Writer, debugLog bool) *slog.Logger {
-	level := slog.LevelInfo
+func newLogger(w io.Writer, debugLog bool, format string) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
 	if debugLog {
-		level = slog.LevelDebug
+		opts.Level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 func runDaemon(role string, args []string, stderr io.Writer) int {
@@ -141,7 +144,7 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	log := newLogger(stderr, cfg.DebugLog).With("role", "server")
+	log := newLogger(stderr, cfg.DebugLog, cfg.LogFormat).With("role", "server")
 	s, err := newServer(cfg, log)
 	if err != nil {
 		return err
@@ -157,7 +160,7 @@ func connect(ctx context.Context, path string, stderr io.Writer) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	log := newLogger(stderr, cfg.DebugLog).With("role", "client")
+	log := newLogger(stderr, cfg.DebugLog, cfg.LogFormat).With("role", "client")
 	c, err := newClient(ctx, cfg, log)
 	if err != nil {
 		return err

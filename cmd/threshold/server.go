@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,14 +42,16 @@ const (
 var ErrClientNotConnected = errors.New("client is not connected")
 
 type server struct {
-	log    *slog.Logger
-	cfg    ServerConfig
-	key    wg.Key
-	stack  *netstack.Stack
-	dev    *wg.Device
-	gw     *forward.Gateway
-	egress *forward.Egress
-	hb     net.PacketConn
+	log     *slog.Logger
+	cfg     ServerConfig
+	key     wg.Key
+	stack   *netstack.Stack
+	dev     *wg.Device
+	gw      *forward.Gateway
+	egress  *forward.Egress
+	hb      net.PacketConn
+	auth    *mgmt.Auth
+	metrics *metrics
 
 	opMu    sync.Mutex // serializes changes made through the API
 	mu      sync.Mutex // guards clients and byAddr
@@ -85,9 +88,24 @@ func newServer(cfg ServerConfig, log *slog.Logger) (_ *server, err error) {
 			s.close()
 		}
 	}()
+	// Everything that can refuse to start does so before anything listens.
+	var saved stateFile
+	if cfg.StateDir != "" {
+		var found bool
+		if saved, found, err = loadState(cfg.StateDir); err != nil {
+			return nil, err
+		}
+		if found {
+			log.Info("restoring state", "dir", cfg.StateDir, "clients", len(saved.Clients), "tunnels", len(saved.Tunnels))
+		}
+	}
+	if s.auth, err = mgmt.NewAuth(cfg.authConfig(netip.MustParseAddr(cfg.ManagementAddress))); err != nil {
+		return nil, err
+	}
 	if s.key, err = loadOrCreateKey(cfg.PrivateKeyFile, log); err != nil {
 		return nil, err
 	}
+	s.metrics = newMetrics(s.Clients)
 	if s.stack, err = netstack.New(netstack.Options{Addresses: []netip.Addr{wg.ServerAddr}}); err != nil {
 		return nil, err
 	}
@@ -96,8 +114,10 @@ func newServer(cfg ServerConfig, log *slog.Logger) (_ *server, err error) {
 		s.stack = nil
 		return nil, err
 	}
-	for _, c := range cfg.Clients {
-		if _, err := s.PutClient(c.ClientId, mgmt.ClientRegistration{PublicKey: c.PublicKey, Socks5Enabled: c.Socks5Enabled}); err != nil {
+	// Clients from the state first, then the config file's on top: editing
+	// the config and restarting still registers or rotates a client.
+	for _, c := range append(saved.Clients, cfg.Clients...) {
+		if _, _, err := s.putClient(c.ClientId, mgmt.ClientRegistration{PublicKey: c.PublicKey, Socks5Enabled: c.Socks5Enabled}); err != nil {
 			return nil, fmt.Errorf("registering client %q: %w", c.ClientId, err)
 		}
 	}
@@ -108,6 +128,8 @@ func newServer(cfg ServerConfig, log *slog.Logger) (_ *server, err error) {
 		Dial:        s.dialClient,
 		Connected:   s.connected,
 		PeekTimeout: time.Duration(cfg.HostnamePeekTimeoutSeconds * float64(time.Second)),
+		Observe:     s.metrics.observe,
+		Rejected:    func(reason string) { s.metrics.rejected.WithLabelValues(reason).Inc() },
 		Logger:      log.With("component", "gateway"),
 	}); err != nil {
 		return nil, err
@@ -125,21 +147,27 @@ func newServer(cfg ServerConfig, log *slog.Logger) (_ *server, err error) {
 		Policy:        policy,
 		LocalAddr:     egressAddr,
 		ClientAllowed: s.socksAllowed,
-		OnBytes:       s.countEgress,
+		Meter:         s.egressMeter,
 	}); err != nil {
+		return nil, err
+	}
+	if len(saved.Tunnels) > 0 {
+		if _, err := s.applyTunnels(saved.Tunnels); err != nil {
+			return nil, fmt.Errorf("restoring tunnels from %s: %w", cfg.StateDir, err)
+		}
+	}
+	if err := s.persist(); err != nil {
 		return nil, err
 	}
 	log.Info("threshold server started", "public_key", s.key.PublicKey().String(), "tunnel_port", cfg.TunnelControlPort)
 	return s, nil
 }
 
-// run serves until ctx ends, then shuts everything down.
+// run serves until ctx ends, then shuts down gracefully: public listeners
+// close at once, live connections get the grace period to finish.
 func (s *server) run(ctx context.Context) error {
 	mgmtAddr := net.JoinHostPort(s.cfg.ManagementAddress, strconv.Itoa(s.cfg.ManagementPort))
-	if a := netip.MustParseAddr(s.cfg.ManagementAddress); !a.IsLoopback() {
-		s.log.Warn("management API listens beyond loopback without authentication; anyone who reaches it controls the server", "address", mgmtAddr)
-	}
-	handler, err := mgmt.NewHandler(s, s.log.With("component", "mgmt"))
+	handler, err := mgmt.NewHandler(s, s.log.With("component", "mgmt"), mgmt.Options{Auth: s.auth, Metrics: s.metrics.reg})
 	if err != nil {
 		return err
 	}
@@ -147,16 +175,9 @@ func (s *server) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("management API: %w", err)
 	}
-	api := &http.Server{
-		Handler:           handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-	}
-	s.log.Info("management API listening", "address", ln.Addr().String())
+	tlsConfig := s.auth.TLSConfig()
+	api := mgmt.NewHTTPServer(handler, tlsConfig, slog.NewLogLogger(s.log.Handler(), slog.LevelDebug))
+	s.log.Info("management API listening", "address", ln.Addr().String(), "auth", s.auth.Mode())
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -172,18 +193,31 @@ func (s *server) run(ctx context.Context) error {
 	apiErr := make(chan error, 1)
 	go func() {
 		defer s.wg.Done()
-		if err := api.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if tlsConfig != nil {
+			err = api.ServeTLS(ln, "", "")
+		} else {
+			err = api.Serve(ln)
+		}
+		if !errors.Is(err, http.ErrServerClosed) {
 			apiErr <- err
 			cancel()
 		}
 	}()
 	<-ctx.Done()
-	s.log.Info("shutting down")
-	shutdownCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
-	api.Shutdown(shutdownCtx)
-	stop()
+	grace := time.Duration(s.cfg.ShutdownGracePeriodSeconds * float64(time.Second))
+	s.log.Info("shutting down: no new connections; live ones may finish", "live", s.gw.Live(), "grace", grace)
+	apiCtx, stopAPI := context.WithTimeout(context.Background(), 2*time.Second)
+	api.Shutdown(apiCtx)
+	stopAPI()
+	graceCtx, stopGrace := context.WithTimeout(context.Background(), grace)
+	if cut := s.gw.Shutdown(graceCtx); cut > 0 {
+		s.log.Warn("grace period over: closed live connections", "connections", cut)
+	}
+	stopGrace()
 	s.close()
 	s.wg.Wait()
+	s.log.Info("stopped")
 	select {
 	case err := <-apiErr:
 		return fmt.Errorf("management API: %w", err)
@@ -286,13 +320,18 @@ func (s *server) socksAllowed(clientID string) error {
 	return nil
 }
 
-func (s *server) countEgress(clientID string, sent, received int64) {
+// egressMeter counts a SOCKS5 session's bytes for GET /clients and /metrics.
+func (s *server) egressMeter(clientID string) forward.Meter {
 	s.mu.Lock()
 	r := s.clients[clientID]
 	s.mu.Unlock()
-	if r != nil {
-		r.egressSent.Add(uint64(sent))
-		r.egressReceived.Add(uint64(received))
+	if r == nil {
+		return forward.Meter{}
+	}
+	sent, received := s.metrics.egressMeter(clientID)
+	return forward.Meter{
+		AToB: func(n int64) { r.egressSent.Add(uint64(n)); sent.Add(float64(n)) },
+		BToA: func(n int64) { r.egressReceived.Add(uint64(n)); received.Add(float64(n)) },
 	}
 }
 
@@ -330,9 +369,27 @@ func (s *server) dialClient(ctx context.Context, clientID string) (net.Conn, err
 
 func (s *server) Tunnels() []forward.Tunnel { return s.gw.Tunnels() }
 
+// SetTunnels applies a new tunnel list and saves it; if it cannot be
+// saved, the previous list is put back.
 func (s *server) SetTunnels(ts []forward.Tunnel) ([]forward.Tunnel, error) {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
+	prev := s.gw.Tunnels()
+	applied, err := s.applyTunnels(ts)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.persist(); err != nil {
+		if _, undoErr := s.gw.Apply(prev); undoErr != nil {
+			s.log.Error("undoing a tunnel change that could not be saved", "err", undoErr)
+		}
+		return nil, fmt.Errorf("%w; the change was undone", err)
+	}
+	return applied, nil
+}
+
+// applyTunnels checks that every client is registered, then applies.
+func (s *server) applyTunnels(ts []forward.Tunnel) ([]forward.Tunnel, error) {
 	s.mu.Lock()
 	var p []string
 	for i, t := range ts {
@@ -352,6 +409,25 @@ func (s *server) SetTunnels(ts []forward.Tunnel) ([]forward.Tunnel, error) {
 		return nil, err
 	}
 	return s.gw.Tunnels(), nil
+}
+
+// persist saves clients and tunnels to StateDir, if there is one.
+func (s *server) persist() error {
+	if s.cfg.StateDir == "" {
+		return nil
+	}
+	st := stateFile{}
+	s.mu.Lock()
+	for _, c := range s.clients {
+		socks := c.socks
+		st.Clients = append(st.Clients, ClientRegistration{ClientId: c.id, PublicKey: c.pub.String(), Socks5Enabled: &socks})
+	}
+	s.mu.Unlock()
+	slices.SortFunc(st.Clients, func(a, b ClientRegistration) int { return strings.Compare(a.ClientId, b.ClientId) })
+	if s.gw != nil {
+		st.Tunnels = s.gw.Tunnels()
+	}
+	return saveState(s.cfg.StateDir, st)
 }
 
 func (s *server) Clients() map[string]mgmt.ClientStatus {
@@ -391,11 +467,25 @@ func (s *server) statusLocked(c *registered, st wg.PeerStats) mgmt.ClientStatus 
 	return cs
 }
 
-// PutClient registers a client or rotates its key. A rotation replaces the
-// peer and closes the client's connections; other clients are untouched.
+// PutClient registers a client or rotates its key, and saves the change.
+// A rotation replaces the peer and closes the client's connections; other
+// clients are untouched.
 func (s *server) PutClient(id string, reg mgmt.ClientRegistration) (mgmt.ClientStatus, error) {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
+	st, undo, err := s.putClient(id, reg)
+	if err != nil {
+		return mgmt.ClientStatus{}, err
+	}
+	if err := s.persist(); err != nil {
+		undo()
+		return mgmt.ClientStatus{}, fmt.Errorf("%w; the change was undone", err)
+	}
+	return st, nil
+}
+
+// putClient makes the change and returns how to take it back.
+func (s *server) putClient(id string, reg mgmt.ClientRegistration) (mgmt.ClientStatus, func(), error) {
 	var p []string
 	if err := checkClientID(id); err != nil {
 		p = append(p, "ClientId: "+err.Error())
@@ -405,16 +495,16 @@ func (s *server) PutClient(id string, reg mgmt.ClientRegistration) (mgmt.ClientS
 		p = append(p, "PublicKey: "+err.Error())
 	}
 	if len(p) > 0 {
-		return mgmt.ClientStatus{}, &forward.ProblemsError{Kind: mgmt.ErrInvalid, Problems: p}
+		return mgmt.ClientStatus{}, nil, &forward.ProblemsError{Kind: mgmt.ErrInvalid, Problems: p}
 	}
 	if pub == s.key.PublicKey() {
-		return mgmt.ClientStatus{}, fmt.Errorf("%w: PublicKey is the server's own key", mgmt.ErrInvalid)
+		return mgmt.ClientStatus{}, nil, fmt.Errorf("%w: PublicKey is the server's own key", mgmt.ErrInvalid)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for otherID, other := range s.clients {
 		if otherID != id && other.pub == pub {
-			return mgmt.ClientStatus{}, fmt.Errorf("%w: PublicKey already belongs to client %q", mgmt.ErrConflict, otherID)
+			return mgmt.ClientStatus{}, nil, fmt.Errorf("%w: PublicKey already belongs to client %q", mgmt.ErrConflict, otherID)
 		}
 	}
 	socks := reg.Socks5Enabled == nil || *reg.Socks5Enabled
@@ -428,13 +518,18 @@ func (s *server) PutClient(id string, reg mgmt.ClientRegistration) (mgmt.ClientS
 			}
 			s.log.Info("client SOCKS5 setting changed", "client", id, "socks5_enabled", socks)
 		}
-		return s.statusLocked(old, wg.PeerStats{}), nil
+		undo := func() {
+			s.mu.Lock()
+			old.socks = !socks
+			s.mu.Unlock()
+		}
+		return s.statusLocked(old, wg.PeerStats{}), undo, nil
 	}
 	if err := s.dev.SetPeer(wg.Peer{PublicKey: pub, AllowedIPs: []netip.Prefix{netip.PrefixFrom(addr, 128)}}); err != nil {
 		if errors.Is(err, wg.ErrAllowedIPTaken) {
-			return mgmt.ClientStatus{}, fmt.Errorf("%w: %w", mgmt.ErrConflict, err)
+			return mgmt.ClientStatus{}, nil, fmt.Errorf("%w: %w", mgmt.ErrConflict, err)
 		}
-		return mgmt.ClientStatus{}, err
+		return mgmt.ClientStatus{}, nil, err
 	}
 	c := &registered{id: id, pub: pub, addr: addr, socks: socks, state: mgmt.ClientUnknown, lastState: mgmt.ClientUnknown,
 		egressSent: new(atomic.Uint64), egressReceived: new(atomic.Uint64)}
@@ -454,7 +549,19 @@ func (s *server) PutClient(id string, reg mgmt.ClientRegistration) (mgmt.ClientS
 	}
 	s.clients[id] = c
 	s.byAddr[addr] = c
-	return s.statusLocked(c, wg.PeerStats{}), nil
+	undo := func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.dev.RemovePeer(pub)
+		delete(s.byAddr, addr)
+		delete(s.clients, id)
+		if old != nil {
+			s.dev.SetPeer(wg.Peer{PublicKey: old.pub, AllowedIPs: []netip.Prefix{netip.PrefixFrom(old.addr, 128)}})
+			s.clients[id] = old
+			s.byAddr[old.addr] = old
+		}
+	}
+	return s.statusLocked(c, wg.PeerStats{}), undo, nil
 }
 
 // DeleteClient removes a client that no tunnel uses.
@@ -481,6 +588,15 @@ func (s *server) DeleteClient(id string) error {
 	}
 	delete(s.clients, id)
 	delete(s.byAddr, c.addr)
+	s.mu.Unlock()
+	err := s.persist()
+	s.mu.Lock()
+	if err != nil {
+		s.dev.SetPeer(wg.Peer{PublicKey: c.pub, AllowedIPs: []netip.Prefix{netip.PrefixFrom(c.addr, 128)}})
+		s.clients[id] = c
+		s.byAddr[c.addr] = c
+		return fmt.Errorf("%w; the client was kept", err)
+	}
 	s.gw.CloseClient(id)
 	s.egress.CloseClient(id)
 	s.log.Info("client removed", "client", id)

@@ -127,8 +127,10 @@ func TestThreeHosts(t *testing.T) {
 		return p
 	}
 	const mgmtPort, publicPort, internetPort = 9057, 443, 7000
+	const token = "netns-test-token-0123456789abcdef"
 	serverCfg := map[string]any{
 		"DebugLog": true, "TunnelControlPort": 9056, "ManagementPort": mgmtPort, "ManagementAddress": "0.0.0.0",
+		"ManagementTokenFile": write("mgmt.token", token),
 		"PrivateKeyFile": write("server.key", sk.String()),
 		"Clients":        []map[string]any{{"ClientId": "home", "PublicKey": ck.PublicKey().String()}},
 	}
@@ -151,11 +153,11 @@ func TestThreeHosts(t *testing.T) {
 	n.start(t, "home", "client", binPath, "client", "--config", filepath.Join(dir, "client.json"))
 	api := fmt.Sprintf("http://127.0.0.1:%d", mgmtPort)
 	waitUntil(t, 30*time.Second, "client connected", func() bool {
-		out, _ := n.in(t, "srv", nettoolPath, "http", "-url", api+"/clients", "-timeout", "2s")
+		out, _ := n.in(t, "srv", nettoolPath, "http", "-token", token, "-url", api+"/clients", "-timeout", "2s")
 		return strings.Contains(out, `"CurrentState":"ClientConnected"`)
 	})
 	tunnels, _ := json.Marshal([]tunnel{{HaProxyProxyProtocol: true, ListenAddress: serverAddr, ListenPort: publicPort, BackEndService: "web", ClientId: "home"}})
-	if out, _ := n.in(t, "srv", nettoolPath, "http", "-method", "PUT", "-url", api+"/tunnels", "-body", string(tunnels)); !strings.HasPrefix(out, "200 ") {
+	if out, _ := n.in(t, "srv", nettoolPath, "http", "-token", token, "-method", "PUT", "-url", api+"/tunnels", "-body", string(tunnels)); !strings.HasPrefix(out, "200 ") {
 		t.Fatalf("PUT /tunnels: %s", out)
 	}
 

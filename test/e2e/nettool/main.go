@@ -33,6 +33,7 @@ func main() {
 	method := fs.String("method", "GET", "HTTP method")
 	url := fs.String("url", "", "HTTP URL")
 	body := fs.String("body", "", "HTTP body")
+	token := fs.String("token", "", "bearer token for HTTP")
 	timeout := fs.Duration("timeout", 10*time.Second, "bound on the operation")
 	fs.Parse(os.Args[2:])
 	var err error
@@ -46,7 +47,7 @@ func main() {
 	case "socks":
 		err = socks(*proxy, *addr, *msg, *timeout)
 	case "http":
-		err = httpCall(*method, *url, *body, *timeout)
+		err = httpCall(*method, *url, *body, *token, *timeout)
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -125,12 +126,15 @@ func socks(proxy, addr, msg string, timeout time.Duration) error {
 	return exchange(c, msg, timeout)
 }
 
-func httpCall(method, url, body string, timeout time.Duration) error {
+func httpCall(method, url, body, token string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader([]byte(body)))
 	if err != nil {
 		return err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
