@@ -111,33 +111,10 @@ func (c *Connector) Serve(ln net.Listener) error {
 		c.mu.Unlock()
 		ln.Close()
 	}()
-	var backoff time.Duration
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			if c.ctx.Err() != nil {
-				return ErrClosed
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return err
-			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			c.log.Warn("accept failed", "err", err, "retry_in", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-c.ctx.Done():
-				return ErrClosed
-			}
-			continue
-		}
-		backoff = 0
-		c.wg.Add(1)
-		go c.handle(conn)
-	}
+	return acceptLoop(c.ctx, ln, c.log, &c.wg, c.handle)
 }
 
 func (c *Connector) handle(conn net.Conn) {
-	defer c.wg.Done()
 	s := &session{}
 	if !c.live.start(s) {
 		conn.Close()

@@ -328,3 +328,34 @@ func TestConnectorServeStopsWhenListenerCloses(t *testing.T) {
 		t.Errorf("Connector still tracks %d listeners", n)
 	}
 }
+
+// Close must not return while a connection is still being handled.
+func TestConnectorCloseWaitsForHandlers(t *testing.T) {
+	ftCheckGoroutines(t)
+	var inDial, dialReturned atomic.Bool
+	conn, addr := ftStartConnector(t, map[string]string{"slow": "backend.invalid:1"}, func(c *ConnectorConfig) {
+		c.Dial = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			inDial.Store(true)
+			<-ctx.Done()
+			time.Sleep(100 * time.Millisecond) // a slow teardown, not a wait for readiness
+			dialReturned.Store(true)
+			return nil, ctx.Err()
+		}
+	})
+	c, err := net.DialTimeout("tcp", addr, ftPrompt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := WriteRequest(c, ftRequest("slow", 0)); err != nil {
+		t.Fatal(err)
+	}
+	ftWaitFor(t, ftPrompt, "the backend dial to start", inDial.Load)
+	ftWithin(t, ftPrompt, "Close", func() { conn.Close() })
+	if !dialReturned.Load() {
+		t.Fatal("Close returned before the connection handler finished")
+	}
+	if n := conn.Live(); n != 0 {
+		t.Errorf("Live() = %d after Close", n)
+	}
+}

@@ -337,30 +337,7 @@ func (g *Gateway) Close() error {
 
 func (g *Gateway) serve(l *listener) {
 	defer g.wg.Done()
-	var backoff time.Duration
-	for {
-		c, err := l.ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) || g.ctx.Err() != nil {
-				return
-			}
-			// Out of file descriptors and the like: wait, don't spin.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			g.log.Warn("accept failed", "address", l.key, "err", err, "retry_in", backoff)
-			select {
-			case <-time.After(backoff):
-			case <-g.ctx.Done():
-				return
-			}
-			continue
-		}
-		backoff = 0
-		g.wg.Add(1)
-		go func() {
-			defer g.wg.Done()
-			g.handle(l, c)
-		}()
-	}
+	acceptLoop(g.ctx, l.ln, g.log, &g.wg, func(c net.Conn) { g.handle(l, c) })
 }
 
 func (g *Gateway) handle(l *listener, public net.Conn) {

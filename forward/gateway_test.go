@@ -1079,3 +1079,47 @@ func TestGatewayConcurrentApply(t *testing.T) {
 		t.Errorf("open listeners %v, want those of Tunnels() %v", got, want)
 	}
 }
+
+// A tunnel removed while a connection of it is still being dialed: the
+// public side closes at once, and the tunnel connection that arrives
+// afterwards is closed without a request being sent on it.
+func TestGatewayTunnelRemovedDuringDial(t *testing.T) {
+	ftCheckGoroutines(t)
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	farc := make(chan net.Conn, 1)
+	h := ftNewGateway(t, func(c *GatewayConfig) {
+		c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
+			close(entered)
+			<-release
+			near, far := ftTCPPair(t)
+			farc <- far
+			return near, nil
+		}
+	})
+	var releaseOnce sync.Once
+	releaseDial := func() { releaseOnce.Do(func() { close(release) }) }
+	defer releaseDial() // never leave the handler (and Close) hanging
+	port := ftFreePort(t)
+	h.apply(t, ftTunnel(port, "c1"))
+	pub := ftDialPublic(t, port)
+	select {
+	case <-entered:
+	case <-time.After(ftPrompt):
+		t.Fatal("no dial")
+	}
+	h.apply(t) // remove the tunnel
+	ftExpectClosed(t, pub, ftPrompt)
+	releaseDial()
+	var far net.Conn
+	select {
+	case far = <-farc:
+	case <-time.After(ftPrompt):
+		t.Fatal("dial did not finish")
+	}
+	got, _ := ftReadAll(t, far, ftPrompt)
+	if len(got) != 0 {
+		t.Errorf("the tunnel connection of a removed tunnel carried %d bytes (%.40q), want none", len(got), got)
+	}
+	ftWaitFor(t, ftPrompt, "the handler to finish", func() bool { return h.gw.Live() == 0 })
+}

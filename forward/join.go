@@ -129,6 +129,12 @@ func (j *join) pipe(dst, src net.Conn, count func(int64)) (int64, error) {
 			if err := src.SetReadDeadline(readDeadline); err != nil {
 				return fail(err)
 			}
+			if j.limit() != limit {
+				// The other direction ended meanwhile and set the shorter
+				// half-closed deadline on src; ours must not override it.
+				readDeadline = time.Time{}
+				continue
+			}
 		}
 		n, err := src.Read(buf)
 		if n > 0 {

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -241,7 +242,7 @@ func ftReadAllOrTimeout(c net.Conn, d time.Duration) ([]byte, error) {
 
 func TestJoinHalfClose(t *testing.T) {
 	ftCheckGoroutines(t)
-	aPeer, _, _, bPeer, done := ftJoinPairs(t, Timeouts{Idle: 10 * time.Second, HalfClosed: 10 * time.Second})
+	aPeer, a, b, bPeer, done := ftJoinPairs(t, Timeouts{Idle: 10 * time.Second, HalfClosed: 10 * time.Second})
 	if _, err := aPeer.Write([]byte("request")); err != nil {
 		t.Fatal(err)
 	}
@@ -272,6 +273,12 @@ func TestJoinHalfClose(t *testing.T) {
 	j := ftWaitJoin(t, done, ftPrompt)
 	if j.Err != nil || j.AToB != 7 || j.BToA != 9 {
 		t.Fatalf("Joined = %+v, want AToB=7 BToA=9 Err=nil", j)
+	}
+	// Join closed both of its connections on the way out.
+	for name, c := range map[string]net.Conn{"a": a, "b": b} {
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("%s not closed after Join: read err %v", name, err)
+		}
 	}
 }
 
@@ -685,5 +692,50 @@ func TestJoinLateReadDoesNotFailWrite(t *testing.T) {
 	j := ftWaitJoin(t, done, ftPrompt)
 	if j.Err != nil || j.AToB != 1 || j.BToA != 0 {
 		t.Fatalf("Joined = %+v, want AToB=1 BToA=0 and no error", j)
+	}
+}
+
+// ftHeldDeadlineConn holds its first SetReadDeadline call until released,
+// to interleave Join's two directions at a chosen point.
+type ftHeldDeadlineConn struct {
+	*net.TCPConn
+	entered, release chan struct{}
+	calls            atomic.Int32
+}
+
+func (c *ftHeldDeadlineConn) SetReadDeadline(t time.Time) error {
+	if c.calls.Add(1) == 1 {
+		close(c.entered)
+		<-c.release
+	}
+	return c.TCPConn.SetReadDeadline(t)
+}
+
+// B's direction is about to arm its idle deadline when A's stream ends and
+// the shorter half-closed deadline is set on b: B's late write of the idle
+// deadline must not win, or a vanished peer pins the pair for Idle.
+func TestJoinHalfCloseRaceKeepsShortDeadline(t *testing.T) {
+	ftCheckGoroutines(t)
+	const half = 200 * time.Millisecond
+	aPeer, a := ftTCPPair(t)
+	b0, bPeer := ftTCPPair(t)
+	b := &ftHeldDeadlineConn{TCPConn: b0, entered: make(chan struct{}), release: make(chan struct{})}
+	done := make(chan Joined, 1)
+	go func() { done <- Join(a, b, Timeouts{Idle: time.Minute, HalfClosed: half}) }()
+	select {
+	case <-b.entered: // B's direction computed its limit (Idle) and is arming it
+	case <-time.After(ftPrompt):
+		t.Fatal("Join never armed b's read deadline")
+	}
+	aPeer.CloseWrite()
+	if got, err := ftReadAll(t, bPeer, ftPrompt); err != nil || len(got) != 0 {
+		t.Fatalf("B read %q, %v; want EOF", got, err)
+	}
+	// A's direction has ended and set the half-closed deadline on b.
+	ftWaitFor(t, ftPrompt, "the half-closed deadline to be set", func() bool { return b.calls.Load() >= 2 })
+	close(b.release)
+	j := ftWaitJoin(t, done, ftPrompt)
+	if !errors.Is(j.Err, ErrIdle) {
+		t.Errorf("Joined.Err = %v, want ErrIdle", j.Err)
 	}
 }
