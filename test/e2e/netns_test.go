@@ -131,8 +131,8 @@ func TestThreeHosts(t *testing.T) {
 	serverCfg := map[string]any{
 		"DebugLog": true, "TunnelControlPort": 9056, "ManagementPort": mgmtPort, "ManagementAddress": "0.0.0.0",
 		"ManagementTokenFile": write("mgmt.token", token),
-		"PrivateKeyFile": write("server.key", sk.String()),
-		"Clients":        []map[string]any{{"ClientId": "home", "PublicKey": ck.PublicKey().String()}},
+		"PrivateKeyFile":      write("server.key", sk.String()),
+		"Clients":             []map[string]any{{"ClientId": "home", "PublicKey": ck.PublicKey().String()}},
 	}
 	clientCfg := map[string]any{
 		"DebugLog": true, "ClientId": "home", "ServerHost": serverAddr, "ServerTunnelControlPort": 9056,
