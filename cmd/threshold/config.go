@@ -334,8 +334,13 @@ func (c *ServerConfig) egressPolicy() (forward.EgressPolicy, error) {
 		if !a.IsUnspecified() {
 			pol.DenyAddrPorts = []netip.AddrPort{netip.AddrPortFrom(a, port)}
 		} else {
-			// Bound to every address: deny the port on each of ours.
-			for _, a := range localAddrs() {
+			// Bound to every address: deny the port on each of ours, or,
+			// if they cannot be listed, on every address at all.
+			local := localAddrs()
+			if len(local) == 0 {
+				local = []netip.Addr{a}
+			}
+			for _, a := range local {
 				pol.DenyAddrPorts = append(pol.DenyAddrPorts, netip.AddrPortFrom(a, port))
 			}
 		}

@@ -51,8 +51,9 @@ func TestRootless(t *testing.T) {
 	copyFile(t, binPath, bin, 0o755)
 	serverState, clientState := nobodysDir(t, dir, "server-state"), nobodysDir(t, dir, "client-state")
 
-	// The client's key exists beforehand (the server registers it); the
-	// server generates its own into its state directory on first start.
+	// The client's key exists beforehand (the server registers it), where
+	// StateDir puts it; the server generates its own into its StateDir on
+	// first start, and keeps its clients and tunnels there.
 	ck := newKey(t)
 	clientKeyFile := filepath.Join(clientState, "client.key")
 	if err := os.WriteFile(clientKeyFile, []byte(ck.String()+"\n"), 0o600); err != nil {
@@ -62,11 +63,10 @@ func TestRootless(t *testing.T) {
 
 	s := &server{dir: dir, tunnelPort: freePort(t, "udp"), mgmtPort: freePort(t, "tcp")}
 	s.api = fmt.Sprintf("http://127.0.0.1:%d", s.mgmtPort)
-	serverKeyFile := filepath.Join(serverState, "server.key")
 	s.config = map[string]any{
 		"DebugLog": true, "TunnelControlPort": s.tunnelPort, "ManagementPort": s.mgmtPort,
-		"PrivateKeyFile": serverKeyFile,
-		"Clients":        []map[string]string{{"ClientId": "Rootless1", "PublicKey": ck.PublicKey().String()}},
+		"StateDir": serverState,
+		"Clients":  []map[string]string{{"ClientId": "Rootless1", "PublicKey": ck.PublicKey().String()}},
 	}
 	serverConfig := filepath.Join(dir, "server.json")
 	writeReadable(t, serverConfig, s.config)
@@ -81,13 +81,8 @@ func TestRootless(t *testing.T) {
 	checkUnprivileged(t, s.proc)
 
 	// The generated key belongs to uid 65534 alone.
-	st, err := os.Stat(serverKeyFile)
-	if err != nil {
-		t.Fatalf("the server generated no key in its state directory: %v", err)
-	}
-	if sys := st.Sys().(*syscall.Stat_t); sys.Uid != nobody || st.Mode().Perm() != 0o600 {
-		t.Errorf("generated key: owner %d, mode %v; want %d, 0600", sys.Uid, st.Mode().Perm(), nobody)
-	}
+	serverKeyFile := filepath.Join(serverState, "server.key")
+	checkNobodysFile(t, serverKeyFile)
 	data, err := os.ReadFile(serverKeyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +95,7 @@ func TestRootless(t *testing.T) {
 	clientConfig := filepath.Join(dir, "client.json")
 	writeReadable(t, clientConfig, map[string]any{
 		"DebugLog": true, "ClientId": "Rootless1", "ServerHost": "127.0.0.1", "ServerTunnelControlPort": s.tunnelPort,
-		"ServerPublicKey": s.key.PublicKey().String(), "PrivateKeyFile": clientKeyFile,
+		"ServerPublicKey": s.key.PublicKey().String(), "StateDir": clientState,
 		"ServiceToLocalAddrMap": map[string]string{"fooService": back.addr},
 	})
 	// The client finds its config through THRESHOLD_CONFIG, as in a container.
@@ -119,6 +114,8 @@ func TestRootless(t *testing.T) {
 			t.Errorf("port %d: the backend saw %s, the sender was %s", port, seen, from)
 		}
 	}
+	// The accepted tunnels were saved as uid 65534, for it alone.
+	checkNobodysFile(t, filepath.Join(serverState, "state.json"))
 
 	// Both still hold nothing, and stop cleanly on SIGTERM.
 	checkUnprivileged(t, s.proc)
@@ -236,6 +233,18 @@ func chownNobody(t *testing.T, path string) {
 	t.Helper()
 	if err := os.Chown(path, nobody, nobody); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// checkNobodysFile fails unless path belongs to uid 65534 with mode 0600.
+func checkNobodysFile(t *testing.T, path string) {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatalf("the unprivileged server wrote no %s: %v", filepath.Base(path), err)
+	}
+	if sys := st.Sys().(*syscall.Stat_t); sys.Uid != nobody || sys.Gid != nobody || st.Mode().Perm() != 0o600 {
+		t.Errorf("%s: owner %d:%d, mode %v; want %d:%d, 0600", path, sys.Uid, sys.Gid, st.Mode().Perm(), nobody, nobody)
 	}
 }
 
