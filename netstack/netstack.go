@@ -23,7 +23,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -53,6 +52,9 @@ type Options struct {
 	TCPReceiveBufferMax int
 	// CongestionControl is "reno" or "cubic"; "reno" by default.
 	CongestionControl string
+	// DisableOffload turns off segmentation and receive offloads and
+	// checksum skipping (see offload.go); for measurements.
+	DisableOffload bool
 }
 
 const (
@@ -110,9 +112,11 @@ func (o *Options) validate() error {
 // Hand the Stack to wireguard-go as its TUN; dial and listen through it.
 type Stack struct {
 	stack  *stack.Stack
-	ep     *channel.Endpoint
+	ep     *link
 	events chan tun.Event
 	mtu    int
+
+	seg segmenter // used by Read only: wireguard-go reads from one goroutine
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -134,7 +138,7 @@ func New(opts Options) (*Stack, error) {
 			TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 			HandleLocal:        true,
 		}),
-		ep:     channel.New(opts.QueueLen, uint32(opts.MTU), ""),
+		ep:     newLink(opts.QueueLen, opts.MTU, !opts.DisableOffload),
 		events: make(chan tun.Event, 1),
 		mtu:    opts.MTU,
 	}
@@ -188,24 +192,34 @@ func (s *Stack) configure(opts Options) error {
 }
 
 // Read implements tun.Device: it blocks for one outbound packet, then drains
-// whatever else is already queued, up to len(bufs).
+// whatever else is already queued, up to len(bufs). Large (GSO) packets are
+// cut into MTU-sized segments here, carried over to the next Read if the
+// batch is full.
 func (s *Stack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	pkt := s.ep.ReadContext(s.ctx)
-	if pkt == nil {
-		return 0, os.ErrClosed
-	}
 	n := 0
-	for {
-		sizes[n] = copyPacket(bufs[n][offset:], pkt)
+	for n < len(bufs) {
+		if s.seg.active {
+			sizes[n] = s.seg.emit(bufs[n][offset:])
+			n++
+			continue
+		}
+		var pkt *stack.PacketBuffer
+		if n == 0 {
+			if pkt = s.ep.ReadContext(s.ctx); pkt == nil {
+				return 0, os.ErrClosed
+			}
+		} else if pkt = s.ep.Read(); pkt == nil {
+			break
+		}
+		if pkt.GSOOptions.Type == stack.GSONone || pkt.Size() <= s.mtu {
+			sizes[n] = copyPacket(bufs[n][offset:], pkt)
+			n++
+		} else {
+			s.seg.load(pkt)
+		}
 		pkt.DecRef()
-		n++
-		if n == len(bufs) {
-			return n, nil
-		}
-		if pkt = s.ep.Read(); pkt == nil {
-			return n, nil
-		}
 	}
+	return n, nil
 }
 
 func copyPacket(dst []byte, pkt *stack.PacketBuffer) int {
@@ -216,8 +230,15 @@ func copyPacket(dst []byte, pkt *stack.PacketBuffer) int {
 	return n
 }
 
-// Write implements tun.Device: it injects decrypted packets into the stack.
+// Write implements tun.Device: it injects a batch of decrypted packets
+// into the stack, coalescing TCP segments of a flow where it can.
 func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
+	pkts := make([]*stack.PacketBuffer, 0, len(bufs))
+	defer func() {
+		for _, p := range pkts {
+			p.DecRef()
+		}
+	}()
 	for i, b := range bufs {
 		packet := b[offset:]
 		if len(packet) == 0 {
@@ -230,12 +251,14 @@ func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
 		case 6:
 			proto = header.IPv6ProtocolNumber
 		default:
+			s.ep.deliver(pkts)
 			return i, syscall.EAFNOSUPPORT
 		}
 		pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(packet)})
-		s.ep.InjectInbound(proto, pkb)
-		pkb.DecRef()
+		pkb.NetworkProtocolNumber = proto
+		pkts = append(pkts, pkb)
 	}
+	s.ep.deliver(pkts)
 	return len(bufs), nil
 }
 
@@ -307,3 +330,7 @@ func (s *Stack) DialUDP(to netip.AddrPort) (*gonet.UDPConn, error) {
 	fa, proto := fullAddr(to)
 	return gonet.DialUDP(s.stack, nil, &fa, proto)
 }
+
+// Stats are the stack's counters (retransmissions, drops...), for
+// diagnostics and benchmarks.
+func (s *Stack) Stats() tcpip.Stats { return s.stack.Stats() }

@@ -12,14 +12,15 @@ import (
 	"time"
 )
 
-// link shuttles packets between two stacks, as two WireGuard devices would.
-type link struct {
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	batches []int // packets per Read, for the batching test
+// pumpLink shuttles packets between two stacks, as two WireGuard devices would.
+type pumpLink struct {
+	wg        sync.WaitGroup
+	mu        sync.Mutex
+	batches   []int // packets per Read, for the batching test
+	maxPacket int
 }
 
-func (l *link) pump(from, to *Stack) {
+func (l *pumpLink) pump(from, to *Stack) {
 	defer l.wg.Done()
 	bufs := make([][]byte, BatchSize)
 	for i := range bufs {
@@ -33,6 +34,9 @@ func (l *link) pump(from, to *Stack) {
 		}
 		l.mu.Lock()
 		l.batches = append(l.batches, n)
+		for i := range n {
+			l.maxPacket = max(l.maxPacket, sizes[i])
+		}
 		l.mu.Unlock()
 		out := make([][]byte, n)
 		for i := range n {
@@ -44,7 +48,7 @@ func (l *link) pump(from, to *Stack) {
 	}
 }
 
-func pair(t *testing.T) (*Stack, *Stack, *link) {
+func pair(t *testing.T) (*Stack, *Stack, *pumpLink) {
 	t.Helper()
 	a, err := New(Options{Addresses: []netip.Addr{netip.MustParseAddr("fd00::1"), netip.MustParseAddr("192.0.2.1")}})
 	if err != nil {
@@ -54,7 +58,7 @@ func pair(t *testing.T) (*Stack, *Stack, *link) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &link{}
+	l := &pumpLink{}
 	l.wg.Add(2)
 	go l.pump(a, b)
 	go l.pump(b, a)
@@ -124,6 +128,10 @@ func TestTCPBothFamiliesAndBatching(t *testing.T) {
 	l.mu.Unlock()
 	if maxBatch < 2 {
 		t.Errorf("largest Read batch was %d packets; bulk transfer should queue several", maxBatch)
+	}
+	// Segmentation offload: TCP built large segments, Read cut them to the MTU.
+	if l.maxPacket > defaultMTU {
+		t.Errorf("Read returned a %d-byte packet, over the %d MTU", l.maxPacket, defaultMTU)
 	}
 }
 
