@@ -30,6 +30,7 @@ const (
 	DefaultIdleTimeout       = time.Hour
 	DefaultHalfClosedTimeout = 2 * time.Minute
 	copyBufferSize           = 64 << 10
+	smallBufferSize          = 2 << 10
 )
 
 func (t Timeouts) withDefaults() Timeouts {
@@ -111,9 +112,17 @@ func (j *join) limit() time.Duration {
 // part of the limit has passed) to keep timer churn off the hot path; a
 // deadline that fires while the other direction is busy is simply renewed.
 func (j *join) pipe(dst, src net.Conn, count func(int64)) (int64, error) {
-	bufp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bufp)
-	buf := *bufp
+	// An idle connection blocks in Read holding its buffer, so it reads
+	// into a small one; a read that fills it switches to a large pooled
+	// buffer, given back once reads turn small again.
+	small := make([]byte, smallBufferSize)
+	buf := small
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			copyBuffers.Put(big)
+		}
+	}()
 	var total int64
 	var readDeadline, writeDeadline time.Time
 	fail := func(err error) (int64, error) {
@@ -149,6 +158,14 @@ func (j *join) pipe(dst, src net.Conn, count func(int64)) (int64, error) {
 				}
 			}
 			w, werr := dst.Write(buf[:n])
+			switch {
+			case big == nil && n == len(small):
+				big = copyBuffers.Get().(*[]byte)
+				buf = *big
+			case big != nil && n < smallBufferSize:
+				copyBuffers.Put(big)
+				big, buf = nil, small
+			}
 			total += int64(w)
 			if count != nil && w > 0 {
 				count(int64(w))
