@@ -1,0 +1,132 @@
+package main
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// The backend's modes, chosen by the first byte a connection sends.
+const (
+	modeSink   = 'S' // read to EOF, then answer the byte count (8 bytes, big endian)
+	modeSource = 'D' // send until the peer goes away (or maxSourceBytes)
+	modeEcho   = 'E' // echo everything, the mode byte included
+)
+
+const (
+	// Bounds on one backend connection, so that nothing runs forever.
+	maxSourceBytes  = 64 << 30
+	backendConnLife = 15 * time.Minute
+	backendBufSize  = 256 << 10
+)
+
+// backend is the in-process loopback TCP server every path ends at.
+type backend struct {
+	ln    net.Listener
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+func startBackend() (*backend, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	b := &backend{ln: ln, conns: make(map[net.Conn]struct{})}
+	b.wg.Add(1)
+	go b.serve()
+	return b, nil
+}
+
+func (b *backend) addr() string { return b.ln.Addr().String() }
+
+func (b *backend) serve() {
+	defer b.wg.Done()
+	for {
+		c, err := b.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			time.Sleep(5 * time.Millisecond) // out of descriptors and the like
+			continue
+		}
+		b.mu.Lock()
+		b.conns[c] = struct{}{}
+		b.mu.Unlock()
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			b.handle(c)
+			b.mu.Lock()
+			delete(b.conns, c)
+			b.mu.Unlock()
+			c.Close()
+		}()
+	}
+}
+
+func (b *backend) handle(c net.Conn) {
+	_ = c.SetDeadline(time.Now().Add(backendConnLife))
+	var mode [1]byte
+	if _, err := io.ReadFull(c, mode[:]); err != nil {
+		return
+	}
+	switch mode[0] {
+	case modeSink:
+		buf := make([]byte, backendBufSize)
+		var n int64
+		for {
+			m, err := c.Read(buf)
+			n += int64(m)
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					var out [8]byte
+					binary.BigEndian.PutUint64(out[:], uint64(n))
+					c.Write(out[:])
+				}
+				return
+			}
+		}
+	case modeSource:
+		buf := make([]byte, backendBufSize)
+		for sent := int64(0); sent < maxSourceBytes; {
+			m, err := c.Write(buf)
+			sent += int64(m)
+			if err != nil {
+				return
+			}
+		}
+	case modeEcho:
+		if _, err := c.Write(mode[:]); err != nil {
+			return
+		}
+		buf := make([]byte, 4<<10) // small: thousands of these sit idle
+		for {
+			m, err := c.Read(buf)
+			if m > 0 {
+				if _, werr := c.Write(buf[:m]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+}
+
+// close stops the backend and every connection it holds.
+func (b *backend) close() {
+	b.ln.Close()
+	b.mu.Lock()
+	for c := range b.conns {
+		c.Close()
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+}

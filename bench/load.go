@@ -1,0 +1,311 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	dialTimeout   = 5 * time.Second
+	ioTimeout     = 10 * time.Second // one read or write making no progress
+	drainTimeout  = 60 * time.Second // an upload's last bytes reaching the backend
+	clientBufSize = 128 << 10
+)
+
+func dial(addr string) (*net.TCPConn, error) {
+	c, err := net.DialTimeout("tcp", addr, dialTimeout)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// transfer is the outcome of one bulk stream.
+type transfer struct {
+	bytes   int64
+	elapsed time.Duration
+}
+
+// upload sends to the sink for dur (or maxBytes), half-closes, and waits
+// for the backend's count: the figure is bytes that reached the backend
+// over the time until it said so.
+func upload(addr string, dur time.Duration, maxBytes int64) (transfer, error) {
+	c, err := dial(addr)
+	if err != nil {
+		return transfer{}, err
+	}
+	defer c.Close()
+	buf := make([]byte, clientBufSize)
+	start := time.Now()
+	end := start.Add(dur)
+	_ = c.SetWriteDeadline(time.Now().Add(ioTimeout))
+	if _, err := c.Write([]byte{modeSink}); err != nil {
+		return transfer{}, err
+	}
+	for sent := int64(0); sent < maxBytes && time.Now().Before(end); {
+		_ = c.SetWriteDeadline(time.Now().Add(ioTimeout))
+		n, err := c.Write(buf)
+		sent += int64(n)
+		if err != nil {
+			return transfer{}, fmt.Errorf("upload: %w", err)
+		}
+	}
+	if err := c.CloseWrite(); err != nil {
+		return transfer{}, err
+	}
+	_ = c.SetReadDeadline(time.Now().Add(drainTimeout))
+	var count [8]byte
+	if _, err := io.ReadFull(c, count[:]); err != nil {
+		return transfer{}, fmt.Errorf("upload: waiting for the backend's count: %w", err)
+	}
+	return transfer{bytes: int64(binary.BigEndian.Uint64(count[:])), elapsed: time.Since(start)}, nil
+}
+
+// download reads from the source for dur (or maxBytes), then hangs up.
+func download(addr string, dur time.Duration, maxBytes int64) (transfer, error) {
+	c, err := dial(addr)
+	if err != nil {
+		return transfer{}, err
+	}
+	defer c.Close()
+	_ = c.SetWriteDeadline(time.Now().Add(ioTimeout))
+	if _, err := c.Write([]byte{modeSource}); err != nil {
+		return transfer{}, err
+	}
+	buf := make([]byte, clientBufSize)
+	start := time.Now()
+	end := start.Add(dur)
+	var got int64
+	for got < maxBytes {
+		now := time.Now()
+		if !now.Before(end) {
+			break
+		}
+		dl := now.Add(ioTimeout)
+		if end.Before(dl) {
+			dl = end
+		}
+		_ = c.SetReadDeadline(dl)
+		n, err := c.Read(buf)
+		got += int64(n)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(end) {
+				break
+			}
+			return transfer{}, fmt.Errorf("download: %w", err)
+		}
+	}
+	return transfer{bytes: got, elapsed: time.Since(start)}, nil
+}
+
+// streams runs n bulk streams at once; the figure is their bytes over the
+// longest one's time.
+func streams(n int, f func() (transfer, error)) (transfer, error) {
+	var wg sync.WaitGroup
+	res := make([]transfer, n)
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() { defer wg.Done(); res[i], errs[i] = f() }()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return transfer{}, err
+	}
+	var out transfer
+	for _, r := range res {
+		out.bytes += r.bytes
+		out.elapsed = max(out.elapsed, r.elapsed)
+	}
+	return out, nil
+}
+
+func mbps(t transfer) float64 { return float64(t.bytes) / 1e6 / t.elapsed.Seconds() }
+
+// shortConn opens a connection, sends 16 bytes to the echo, reads the 16
+// back and closes.
+func shortConn(addr string) error {
+	c, err := dial(addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(ioTimeout))
+	req := []byte("Ethreshold-bench")
+	if _, err := c.Write(req); err != nil {
+		return err
+	}
+	var resp [16]byte
+	if _, err := io.ReadFull(c, resp[:]); err != nil {
+		return err
+	}
+	if !bytes.Equal(resp[:], req) {
+		return errors.New("echo answered something else")
+	}
+	return nil
+}
+
+type rateResult struct {
+	perSec   float64
+	ok, errs int64
+	firstErr error
+}
+
+// connRate runs workers doing shortConn until dur has passed or maxCount
+// have been started.
+func connRate(addr string, workers int, dur time.Duration, maxCount int64) rateResult {
+	var started, ok, bad atomic.Int64
+	var errMu sync.Mutex
+	var firstErr error
+	start := time.Now()
+	end := start.Add(dur)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(end) && started.Add(1) <= maxCount {
+				if err := shortConn(addr); err != nil {
+					bad.Add(1)
+					errMu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					errMu.Unlock()
+					time.Sleep(time.Millisecond) // do not spin on a refusing port
+					continue
+				}
+				ok.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	return rateResult{perSec: float64(ok.Load()) / el.Seconds(), ok: ok.Load(), errs: bad.Load(), firstErr: firstErr}
+}
+
+type latencyResult struct {
+	p50, p99 float64 // microseconds
+	n        int
+}
+
+// pingPong measures count round trips of a 64-byte message on one
+// connection, after a few unrecorded ones, within maxDur.
+func pingPong(addr string, count int, maxDur time.Duration) (latencyResult, error) {
+	c, err := dial(addr)
+	if err != nil {
+		return latencyResult{}, err
+	}
+	defer c.Close()
+	msg := make([]byte, 64)
+	for i := range msg {
+		msg[i] = byte('a' + i%26)
+	}
+	msg[0] = modeEcho
+	resp := make([]byte, 64)
+	const warmup = 50
+	samples := make([]time.Duration, 0, count)
+	end := time.Now().Add(maxDur)
+	for i := 0; i < warmup+count && time.Now().Before(end); i++ {
+		_ = c.SetDeadline(time.Now().Add(ioTimeout))
+		t0 := time.Now()
+		if _, err := c.Write(msg); err != nil {
+			return latencyResult{}, err
+		}
+		if _, err := io.ReadFull(c, resp); err != nil {
+			return latencyResult{}, err
+		}
+		d := time.Since(t0)
+		if !bytes.Equal(resp, msg) {
+			return latencyResult{}, errors.New("echo answered something else")
+		}
+		if i >= warmup {
+			samples = append(samples, d)
+		}
+	}
+	if len(samples) == 0 {
+		return latencyResult{}, errors.New("no round trip within the time limit")
+	}
+	slices.Sort(samples)
+	pct := func(p float64) float64 {
+		i := int(p * float64(len(samples)-1))
+		return float64(samples[i].Nanoseconds()) / 1e3
+	}
+	return latencyResult{p50: pct(0.50), p99: pct(0.99), n: len(samples)}, nil
+}
+
+// idleSet holds connections opened end to end and left idle.
+type idleSet struct {
+	mu       sync.Mutex
+	conns    []net.Conn
+	errs     int
+	firstErr error
+}
+
+// open adds connections until the set holds target of them (counting
+// failures as attempts, so a refusing path ends too) or maxDur passes.
+// Each connection does one echo first, so it is known to reach the backend.
+func (s *idleSet) open(addr string, target, workers int, maxDur time.Duration) {
+	end := time.Now().Add(maxDur)
+	var attempts atomic.Int64
+	attempts.Store(int64(len(s.conns) + s.errs))
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(end) && attempts.Add(1) <= int64(target) {
+				c, err := s.openOne(addr)
+				s.mu.Lock()
+				if err != nil {
+					s.errs++
+					if s.firstErr == nil {
+						s.firstErr = err
+					}
+				} else {
+					s.conns = append(s.conns, c)
+				}
+				s.mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func (s *idleSet) openOne(addr string) (net.Conn, error) {
+	c, err := dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Now().Add(ioTimeout))
+	req := []byte("Eidle-connection")
+	resp := make([]byte, len(req))
+	if _, err := c.Write(req); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if _, err := io.ReadFull(c, resp); err != nil {
+		c.Close()
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+func (s *idleSet) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.conns {
+		c.Close()
+	}
+	s.conns = nil
+}
