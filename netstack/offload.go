@@ -79,7 +79,8 @@ type segmenter struct {
 }
 
 // load flattens pkt and prepares its segments; pkt may be released after.
-func (g *segmenter) load(pkt *stack.PacketBuffer) {
+// It reports false, preparing nothing, for a packet it cannot cut.
+func (g *segmenter) load(pkt *stack.PacketBuffer) bool {
 	size := pkt.Size()
 	if cap(g.scratch) < size {
 		g.scratch = make([]byte, size)
@@ -89,11 +90,18 @@ func (g *segmenter) load(pkt *stack.PacketBuffer) {
 	opts := pkt.GSOOptions
 	g.v6 = opts.Type == stack.GSOTCPv6
 	g.ipLen = int(opts.L3HdrLen)
-	g.tcpLen = int(header.TCP(g.scratch[g.ipLen:]).DataOffset())
 	g.mss = int(opts.MSS)
+	if (opts.Type != stack.GSOTCPv4 && opts.Type != stack.GSOTCPv6) || g.mss <= 0 || g.ipLen+header.TCPMinimumSize > size {
+		return false
+	}
+	g.tcpLen = int(header.TCP(g.scratch[g.ipLen:]).DataOffset())
+	if g.tcpLen < header.TCPMinimumSize || g.ipLen+g.tcpLen > size {
+		return false
+	}
 	g.payload = size - g.ipLen - g.tcpLen
 	g.next = 0
-	g.active = true
+	g.active = g.payload > 0
+	return g.active
 }
 
 // emit writes the next segment into dst and returns its length.

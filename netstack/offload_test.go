@@ -43,7 +43,9 @@ func TestSegmenter(t *testing.T) {
 		const mss, payloadLen = 1000, 3500
 		pkt := gsoPacket(t, v6, payloadLen, mss, header.TCPFlagAck|header.TCPFlagPsh|header.TCPFlagFin|header.TCPFlagCwr)
 		var g segmenter
-		g.load(pkt)
+		if !g.load(pkt) {
+			t.Fatal("load refused a valid GSO packet")
+		}
 		pkt.DecRef()
 		var got []byte
 		for i := 0; g.active; i++ {
@@ -88,5 +90,21 @@ func TestSegmenter(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Errorf("v6=%v: payload not reassembled intact (%d bytes)", v6, len(got))
 		}
+	}
+}
+
+func TestSegmenterRefusesMalformed(t *testing.T) {
+	for name, mod := range map[string]func(*stack.PacketBuffer){
+		"zero MSS":         func(p *stack.PacketBuffer) { p.GSOOptions.MSS = 0 },
+		"no GSO type":      func(p *stack.PacketBuffer) { p.GSOOptions.Type = stack.GSOGvisor },
+		"header too large": func(p *stack.PacketBuffer) { p.GSOOptions.L3HdrLen = 5000 },
+	} {
+		pkt := gsoPacket(t, true, 3000, 1000, header.TCPFlagAck)
+		mod(pkt)
+		var g segmenter
+		if g.load(pkt) || g.active {
+			t.Errorf("%s: load accepted it", name)
+		}
+		pkt.DecRef()
 	}
 }
