@@ -224,10 +224,10 @@ func (s *Stack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		if pkt.GSOOptions.Type == stack.GSONone || pkt.Size() <= s.mtu {
 			sizes[n] = copyPacket(bufs[n][offset:], pkt)
 			n++
-		} else if !s.seg.load(pkt) {
-			// gVisor's TCP never builds such a packet; dropping it would
-			// only cost a retransmission.
-			_ = pkt
+		} else {
+			// A packet load refuses (gVisor's TCP builds none) is dropped;
+			// that would only cost a retransmission.
+			s.seg.load(pkt)
 		}
 		pkt.DecRef()
 	}
