@@ -83,7 +83,6 @@ const (
 	RejectNoClient           = "client_unreachable"  // no client of the tunnel connected or answering
 	RejectUnknownService     = "unknown_service"     // the client has no such service
 	RejectBackendUnreachable = "backend_unreachable" // the client could not reach its service
-	RejectShuttingDown       = "shutting_down"
 )
 
 // failoverDialTimeout bounds a dial to a client when another client could
@@ -107,6 +106,7 @@ type Gateway struct {
 	mu        sync.Mutex
 	listeners map[string]*listener // by Tunnel.ListenKey
 	tunnels   []Tunnel
+	routeKeys map[string]bool // of tunnels
 	closed    bool
 	draining  bool // Shutdown began: Apply is refused
 
@@ -163,6 +163,12 @@ func (g *Gateway) Tunnels() []Tunnel {
 		ts[i].ActiveClientId = g.activeClient(ts[i])
 	}
 	return ts
+}
+
+func (g *Gateway) hasRoute(key string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.routeKeys[key]
 }
 
 // activeClient is the first connected client of t, or "" if none is.
@@ -255,6 +261,10 @@ func (g *Gateway) Apply(ts []Tunnel) ([]Tunnel, error) {
 		}
 	}
 	g.tunnels = ts
+	g.routeKeys = make(map[string]bool, len(ts))
+	for _, t := range ts {
+		g.routeKeys[t.RouteKey()] = true
+	}
 	for _, l := range opened {
 		g.wg.Add(1)
 		go g.serve(l)
@@ -362,10 +372,17 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 		return
 	}
 	s.setRoute(t.RouteKey())
+	// Apply publishes the new tunnels before closing the sessions of removed
+	// ones; a session that picked its route from the old list just before is
+	// caught here instead.
+	if !g.hasRoute(t.RouteKey()) {
+		s.close()
+		return
+	}
 	if !s.add(public) { // the replaying wrapper, if the route was peeked
 		return
 	}
-	log := g.log.With("tunnel", t.RouteKey(), "from", public.RemoteAddr().String())
+	log := g.log.With("tunnel", t.RouteKey(), "from", addrString(public.RemoteAddr()))
 	up, client, err := g.dial(t)
 	if err != nil {
 		log.Info("connection refused: no client reachable", "clients", t.Clients(), "err", err)
@@ -375,6 +392,11 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 	}
 	s.setClient(client)
 	if !s.add(up) {
+		return
+	}
+	// Likewise for a client removed or rotated while it was being dialled.
+	if !g.cfg.Connected(client) {
+		s.close()
 		return
 	}
 	log = log.With("client", client)
@@ -418,7 +440,7 @@ func (g *Gateway) route(routes []Tunnel, c net.Conn) (Tunnel, net.Conn, string) 
 	}
 	host, proto, replay, err := PeekHostname(c, g.cfg.PeekTimeout, DefaultPeekMaxBytes)
 	if err != nil {
-		g.log.Info("connection dropped: no host name could be read", "from", c.RemoteAddr().String(), "err", err)
+		g.log.Info("connection dropped: no host name could be read", "from", addrString(c.RemoteAddr()), "err", err)
 		return Tunnel{}, nil, RejectNoHostname
 	}
 	globs := make([]string, len(routes))
@@ -427,7 +449,7 @@ func (g *Gateway) route(routes []Tunnel, c net.Conn) (Tunnel, net.Conn, string) 
 	}
 	i, ok := PickRoute(globs, host)
 	if !ok {
-		g.log.Info("connection dropped: no tunnel for this host name", "from", c.RemoteAddr().String(), "host", host, "protocol", proto.String())
+		g.log.Info("connection dropped: no tunnel for this host name", "from", addrString(c.RemoteAddr()), "host", host, "protocol", proto.String())
 		return Tunnel{}, nil, RejectNoRoute
 	}
 	return routes[i], replay, ""
@@ -462,6 +484,15 @@ func (g *Gateway) dial(t Tunnel) (net.Conn, string, error) {
 		}
 	}
 	return nil, "", errors.Join(errs...)
+}
+
+// addrString prints an address for logs; gonet and the kernel may give a
+// nil one for a connection that failed.
+func addrString(a net.Addr) string {
+	if a == nil {
+		return "?"
+	}
+	return a.String()
 }
 
 // addrPortOf turns a socket address into an AddrPort; zero if it cannot.

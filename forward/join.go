@@ -130,9 +130,14 @@ func (j *join) pipe(dst, src net.Conn, count func(int64)) (int64, error) {
 		j.failOnce.Do(func() { src.Close(); dst.Close() })
 		return total, err
 	}
+	var lastLimit time.Duration
 	for {
 		now := time.Now()
 		limit := j.limit()
+		if limit != lastLimit {
+			// Half-closed now: deadlines set for the idle limit are too far.
+			readDeadline, writeDeadline, lastLimit = time.Time{}, time.Time{}, limit
+		}
 		if readDeadline.Sub(now) < limit*3/4 {
 			readDeadline = now.Add(limit)
 			if err := src.SetReadDeadline(readDeadline); err != nil {
@@ -181,8 +186,10 @@ func (j *join) pipe(dst, src net.Conn, count func(int64)) (int64, error) {
 			if cerr := closeWrite(dst); cerr != nil {
 				return fail(cerr)
 			}
-			// The other direction now runs on the shorter half-closed limit.
+			// The other direction now runs on the shorter half-closed limit,
+			// also if it is blocked in a read or a write right now.
 			_ = dst.SetReadDeadline(time.Now().Add(j.t.HalfClosed))
+			_ = src.SetWriteDeadline(time.Now().Add(j.t.HalfClosed))
 			return total, nil
 		case errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err):
 			since := time.Since(time.Unix(0, j.lastActivity.Load()))

@@ -68,6 +68,10 @@ type EgressPolicy struct {
 	// built-in list so that egress cannot be used to reach the server's or
 	// other clients' tunnel addresses. The zero Prefix adds nothing.
 	TunnelPrefix netip.Prefix
+	// LocalAddrs are the server's own addresses: reaching them would be
+	// loopback in disguise, past host firewalls. Denied like the built-in
+	// ranges (AllowCIDRs may make an exception).
+	LocalAddrs []netip.Addr
 }
 
 // builtinDeny is the default deny list, with the reason reported for each.
@@ -128,6 +132,9 @@ func (p EgressPolicy) Check(dst netip.AddrPort) error {
 	}
 	if p.allowed(a) {
 		return nil
+	}
+	if slices.Contains(p.LocalAddrs, a) {
+		return deny("one of the server's own addresses")
 	}
 	if reason := defaultDenied(a); reason != "" {
 		return deny("%s", reason)

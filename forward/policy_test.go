@@ -231,3 +231,21 @@ func TestPolicyParseHelpers(t *testing.T) {
 		}
 	}
 }
+
+func TestPolicyLocalAddrs(t *testing.T) {
+	own := netip.MustParseAddr("203.0.113.10")
+	p := EgressPolicy{LocalAddrs: []netip.Addr{own}}
+	if err := p.Check(netip.AddrPortFrom(own, 5432)); !errors.Is(err, ErrEgressDenied) {
+		t.Errorf("the server's own address: %v", err)
+	}
+	if err := p.Check(netip.MustParseAddrPort("[::ffff:203.0.113.10]:5432")); !errors.Is(err, ErrEgressDenied) {
+		t.Errorf("the server's own address, IPv4-mapped: %v", err)
+	}
+	if err := p.Check(netip.MustParseAddrPort("203.0.113.11:5432")); err != nil {
+		t.Errorf("a neighbour: %v", err)
+	}
+	p.AllowCIDRs = []netip.Prefix{netip.MustParsePrefix("203.0.113.10/32")}
+	if err := p.Check(netip.AddrPortFrom(own, 5432)); err != nil {
+		t.Errorf("explicitly allowed own address: %v", err)
+	}
+}

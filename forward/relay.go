@@ -92,7 +92,7 @@ func (r *Relay) handle(c net.Conn) {
 	up, err := r.cfg.Dial(ctx)
 	cancel()
 	if err != nil {
-		r.cfg.Logger.Info("relay: upstream unreachable", "from", c.RemoteAddr().String(), "err", err)
+		r.cfg.Logger.Info("relay: upstream unreachable", "from", addrString(c.RemoteAddr()), "err", err)
 		s.close()
 		return
 	}
@@ -100,7 +100,7 @@ func (r *Relay) handle(c net.Conn) {
 		return
 	}
 	res := Join(c, up, r.cfg.Timeouts)
-	r.cfg.Logger.Debug("relay: connection done", "from", c.RemoteAddr().String(), "bytes_sent", res.AToB, "bytes_received", res.BToA, "err", res.Err)
+	r.cfg.Logger.Debug("relay: connection done", "from", addrString(c.RemoteAddr()), "bytes_sent", res.AToB, "bytes_received", res.BToA, "err", res.Err)
 }
 
 // Live reports how many relayed connections are open.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -136,7 +137,7 @@ func (c *client) run(ctx context.Context) error {
 	}
 	c.wg.Add(3)
 	go func() { defer c.wg.Done(); c.conn.Serve(ln) }()
-	go func() { defer c.wg.Done(); c.readPongs() }()
+	go func() { defer c.wg.Done(); c.readPongs(ctx) }()
 	go func() { defer c.wg.Done(); c.ping(ctx) }()
 	<-ctx.Done()
 	c.log.Info("shutting down")
@@ -223,12 +224,22 @@ func (c *client) reresolve(ctx context.Context) {
 	}
 }
 
-func (c *client) readPongs() {
+func (c *client) readPongs(ctx context.Context) {
 	buf := make([]byte, 64)
 	for {
 		n, err := c.hb.Read(buf)
 		if err != nil {
-			return
+			// A refused datagram (no heartbeat socket on a server that is
+			// starting or stopping) surfaces here too: keep listening.
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
 		}
 		if isPing(buf[:n]) {
 			c.lastPong.Store(time.Now().UnixNano())

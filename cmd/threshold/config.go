@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -87,14 +88,15 @@ const (
 	maxConfigBytes           = 1 << 20
 )
 
-// decodeStrict reads one JSON object, refusing unknown fields and trailing data.
-func decodeStrict(r io.Reader, v any) error {
-	data, err := io.ReadAll(io.LimitReader(r, maxConfigBytes+1))
+// decodeStrict reads one JSON object of at most limit bytes, refusing
+// unknown fields and trailing data.
+func decodeStrict(r io.Reader, v any, limit int) error {
+	data, err := io.ReadAll(io.LimitReader(r, int64(limit)+1))
 	if err != nil {
 		return err
 	}
-	if len(data) > maxConfigBytes {
-		return fmt.Errorf("config is larger than %d bytes", maxConfigBytes)
+	if len(data) > limit {
+		return fmt.Errorf("larger than %d bytes", limit)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -116,7 +118,7 @@ func loadConfig(path string, v interface{ fillDefaults() }) error {
 		return fmt.Errorf("reading config: %w", err)
 	}
 	defer f.Close()
-	if err := decodeStrict(f, v); err != nil {
+	if err := decodeStrict(f, v, maxConfigBytes); err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	v.fillDefaults()
@@ -256,6 +258,12 @@ func (c *ClientConfig) validate() error {
 	if c.Socks5ListenAddress != "" {
 		if err := forward.CheckServiceAddr(c.Socks5ListenAddress); err != nil {
 			p.addf("Socks5ListenAddress", "%v", err)
+		} else if host, _, _ := net.SplitHostPort(c.Socks5ListenAddress); host != "localhost" {
+			// The proxy has no authentication: beyond loopback, anyone who
+			// reaches it sends traffic from the server's address.
+			if a, err := netip.ParseAddr(host); err != nil || !a.IsLoopback() {
+				p.addf("Socks5ListenAddress", "%q is not a loopback address; an unauthenticated proxy there would let anyone send from the server's IP", c.Socks5ListenAddress)
+			}
 		}
 	}
 	if len(c.ServiceToLocalAddrMap) == 0 {
@@ -294,6 +302,13 @@ func (c *ServerConfig) authConfig(listen netip.Addr) mgmt.AuthConfig {
 	}
 }
 
+// authConfigWithLog is authConfig with refused requests logged.
+func (c *ServerConfig) authConfigWithLog(listen netip.Addr, log *slog.Logger) mgmt.AuthConfig {
+	ac := c.authConfig(listen)
+	ac.Logger = log
+	return ac
+}
+
 func checkClientID(id string) error {
 	if id == "" {
 		return errors.New("is required")
@@ -329,22 +344,12 @@ func (c *ServerConfig) egressPolicy() (forward.EgressPolicy, error) {
 	pol.DenyPorts, err = forward.ParsePorts(c.Socks5DenyPorts)
 	field("Socks5DenyPorts", err)
 	pol.TunnelPrefix = wg.TunnelPrefix
+	// The management port is denied whatever AllowCIDRs says; bound to every
+	// address, it is denied on every address.
 	if a, err := netip.ParseAddr(c.ManagementAddress); err == nil && c.ManagementPort > 0 && c.ManagementPort < 65536 {
-		port := uint16(c.ManagementPort)
-		if !a.IsUnspecified() {
-			pol.DenyAddrPorts = []netip.AddrPort{netip.AddrPortFrom(a, port)}
-		} else {
-			// Bound to every address: deny the port on each of ours, or,
-			// if they cannot be listed, on every address at all.
-			local := localAddrs()
-			if len(local) == 0 {
-				local = []netip.Addr{a}
-			}
-			for _, a := range local {
-				pol.DenyAddrPorts = append(pol.DenyAddrPorts, netip.AddrPortFrom(a, port))
-			}
-		}
+		pol.DenyAddrPorts = []netip.AddrPort{netip.AddrPortFrom(a, uint16(c.ManagementPort))}
 	}
+	pol.LocalAddrs = localAddrs()
 	if len(errs) == 0 {
 		field("Socks5 policy", pol.Validate())
 	}

@@ -15,13 +15,13 @@ import (
 
 func TestDecodeStrict(t *testing.T) {
 	var c ServerConfig
-	if err := decodeStrict(strings.NewReader(`{"TunnelControlPort":1,"Extra":2}`), &c); err == nil || !strings.Contains(err.Error(), "Extra") {
+	if err := decodeStrict(strings.NewReader(`{"TunnelControlPort":1,"Extra":2}`), &c, maxConfigBytes); err == nil || !strings.Contains(err.Error(), "Extra") {
 		t.Errorf("unknown field: %v", err)
 	}
-	if err := decodeStrict(strings.NewReader(`{} {}`), &c); err == nil {
+	if err := decodeStrict(strings.NewReader(`{} {}`), &c, maxConfigBytes); err == nil {
 		t.Error("trailing value accepted")
 	}
-	if err := decodeStrict(strings.NewReader(strings.Repeat(" ", maxConfigBytes+1)), &c); err == nil {
+	if err := decodeStrict(strings.NewReader(strings.Repeat(" ", maxConfigBytes+1)), &c, maxConfigBytes); err == nil {
 		t.Error("oversized config accepted")
 	}
 }
@@ -55,10 +55,10 @@ func TestClientConfigProblems(t *testing.T) {
 	if err := good.validate(); err != nil {
 		t.Fatalf("good config: %v", err)
 	}
-	bad := ClientConfig{ServerHost: "host:9056", ServerTunnelControlPort: 70000,
+	bad := ClientConfig{ServerHost: "host:9056", ServerTunnelControlPort: 70000, Socks5ListenAddress: "0.0.0.0:1080",
 		ServiceToLocalAddrMap: map[string]string{"web": "127.0.0.1", "x y": "127.0.0.1:1", "p": "127.0.0.1:0"}}
 	err := bad.validate()
-	for _, want := range []string{"ClientId", "ServerHost", "ServerTunnelControlPort", "ServerPublicKey", `["web"]`, `["x y"]`, `["p"]`} {
+	for _, want := range []string{"ClientId", "ServerHost", "ServerTunnelControlPort", "ServerPublicKey", `["web"]`, `["x y"]`, `["p"]`, "Socks5ListenAddress"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %s: %v", want, err)
 		}

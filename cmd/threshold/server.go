@@ -90,8 +90,8 @@ func newServer(cfg ServerConfig, log *slog.Logger) (_ *server, err error) {
 	}()
 	// Everything that can refuse to start does so before anything listens.
 	var saved stateFile
+	found := false
 	if cfg.StateDir != "" {
-		var found bool
 		if saved, found, err = loadState(cfg.StateDir); err != nil {
 			return nil, err
 		}
@@ -99,7 +99,18 @@ func newServer(cfg ServerConfig, log *slog.Logger) (_ *server, err error) {
 			log.Info("restoring state", "dir", cfg.StateDir, "clients", len(saved.Clients), "tunnels", len(saved.Tunnels))
 		}
 	}
-	if s.auth, err = mgmt.NewAuth(cfg.authConfig(netip.MustParseAddr(cfg.ManagementAddress))); err != nil {
+	// The config's Clients bootstrap a server with no saved state. Once
+	// there is state, it is authoritative: a key rotated or a client removed
+	// through the API must not come back with a restart.
+	clients := saved.Clients
+	if !found {
+		clients = cfg.Clients
+	} else {
+		for _, c := range configClientsNotInState(cfg.Clients, saved.Clients) {
+			log.Warn("config Clients entry differs from the saved state and is ignored; change clients through the API", "client", c)
+		}
+	}
+	if s.auth, err = mgmt.NewAuth(cfg.authConfigWithLog(netip.MustParseAddr(cfg.ManagementAddress), log.With("component", "mgmt"))); err != nil {
 		return nil, err
 	}
 	if s.key, err = loadOrCreateKey(cfg.PrivateKeyFile, log); err != nil {
@@ -114,9 +125,7 @@ func newServer(cfg ServerConfig, log *slog.Logger) (_ *server, err error) {
 		s.stack = nil
 		return nil, err
 	}
-	// Clients from the state first, then the config file's on top: editing
-	// the config and restarting still registers or rotates a client.
-	for _, c := range append(saved.Clients, cfg.Clients...) {
+	for _, c := range clients {
 		if _, _, err := s.putClient(c.ClientId, mgmt.ClientRegistration{PublicKey: c.PublicKey, Socks5Enabled: c.Socks5Enabled}); err != nil {
 			return nil, fmt.Errorf("registering client %q: %w", c.ClientId, err)
 		}
@@ -382,6 +391,7 @@ func (s *server) SetTunnels(ts []forward.Tunnel) ([]forward.Tunnel, error) {
 	if err := s.persist(); err != nil {
 		if _, undoErr := s.gw.Apply(prev); undoErr != nil {
 			s.log.Error("undoing a tunnel change that could not be saved", "err", undoErr)
+			return nil, fmt.Errorf("%w; undoing the change failed too (%v): the new tunnels are in force but not saved", err, undoErr)
 		}
 		return nil, fmt.Errorf("%w; the change was undone", err)
 	}
@@ -511,6 +521,7 @@ func (s *server) putClient(id string, reg mgmt.ClientRegistration) (mgmt.ClientS
 	addr := wg.ClientAddr(pub)
 	old := s.clients[id]
 	if old != nil && old.pub == pub {
+		prevSocks := old.socks
 		if old.socks != socks {
 			old.socks = socks
 			if !socks && s.egress != nil {
@@ -520,7 +531,7 @@ func (s *server) putClient(id string, reg mgmt.ClientRegistration) (mgmt.ClientS
 		}
 		undo := func() {
 			s.mu.Lock()
-			old.socks = !socks
+			old.socks = prevSocks
 			s.mu.Unlock()
 		}
 		return s.statusLocked(old, wg.PeerStats{}), undo, nil
@@ -601,4 +612,26 @@ func (s *server) DeleteClient(id string) error {
 	s.egress.CloseClient(id)
 	s.log.Info("client removed", "client", id)
 	return nil
+}
+
+// configClientsNotInState names the config entries the saved state does
+// not hold as they are written.
+func configClientsNotInState(config, saved []ClientRegistration) []string {
+	var out []string
+	for _, c := range config {
+		same := false
+		for _, st := range saved {
+			if st.ClientId == c.ClientId {
+				k1, err1 := wg.ParseKey(c.PublicKey)
+				k2, err2 := wg.ParseKey(st.PublicKey)
+				socks1 := c.Socks5Enabled == nil || *c.Socks5Enabled
+				socks2 := st.Socks5Enabled == nil || *st.Socks5Enabled
+				same = err1 == nil && err2 == nil && k1 == k2 && socks1 == socks2
+			}
+		}
+		if !same {
+			out = append(out, c.ClientId)
+		}
+	}
+	return out
 }

@@ -23,6 +23,8 @@ type stateFile struct {
 const (
 	stateVersion  = 1
 	stateFileName = "state.json"
+	// maxStateBytes is far above any real state (about 250 bytes a tunnel).
+	maxStateBytes = 256 << 20
 )
 
 // loadState reads the state file; a missing file is an empty state. A file
@@ -37,7 +39,7 @@ func loadState(dir string) (stateFile, bool, error) {
 		return stateFile{}, false, fmt.Errorf("reading state file %s: %w", path, err)
 	}
 	var st stateFile
-	if err := decodeStrict(bytes.NewReader(data), &st); err != nil {
+	if err := decodeStrict(bytes.NewReader(data), &st, maxStateBytes); err != nil {
 		return stateFile{}, false, fmt.Errorf("state file %s is corrupt (%w); it was left untouched: restore it from a backup or move it away to start empty", path, err)
 	}
 	if st.Version != stateVersion {
