@@ -739,3 +739,36 @@ func TestJoinHalfCloseRaceKeepsShortDeadline(t *testing.T) {
 		t.Errorf("Joined.Err = %v, want ErrIdle", j.Err)
 	}
 }
+
+// After a half-close, a direction blocked writing to a peer that stopped
+// reading is bounded by HalfClosed, not by Idle.
+func TestJoinHalfClosedBoundsBlockedWrite(t *testing.T) {
+	aPeer, _, _, bPeer, done := ftJoinPairs(t, Timeouts{Idle: 30 * time.Second, HalfClosed: 300 * time.Millisecond})
+	// bPeer floods towards aPeer, which never reads: the b->a write blocks.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		chunk := make([]byte, 64<<10)
+		bPeer.SetWriteDeadline(time.Now().Add(20 * time.Second))
+		for i := 0; i < 2000; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := bPeer.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(200 * time.Millisecond) // let the buffers fill
+	start := time.Now()
+	aPeer.CloseWrite() // a->b ends: half-closed
+	j := ftWaitJoin(t, done, 10*time.Second)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Join lasted %s after the half-close; want about the 300 ms HalfClosed limit", d)
+	}
+	if j.Err == nil {
+		t.Error("Join ended without reporting the stalled write")
+	}
+}
