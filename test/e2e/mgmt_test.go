@@ -374,3 +374,27 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatal("server did not exit after its last connection ended")
 	}
 }
+
+// TestConfigClientsBootstrapOnly: with a StateDir, the config's Clients
+// register clients on the first start only; a key rotated through the API
+// survives a restart with the old key still in the config.
+func TestConfigClientsBootstrapOnly(t *testing.T) {
+	t.Parallel()
+	k1, k2 := newKey(t), newKey(t)
+	stateDir := t.TempDir()
+	srv := startServerWith(t, map[string]wg.Key{"home": k1}, map[string]any{"StateDir": stateDir})
+	if got := srv.clients(t)["home"].PublicKey; got != k1.PublicKey().String() {
+		t.Fatalf("bootstrap: key %s", got)
+	}
+	if code, body, err := srv.call("PUT", "/clients/home", map[string]string{"PublicKey": k2.PublicKey().String()}); err != nil || code != 200 {
+		t.Fatalf("rotate: %d %s %v", code, body, err)
+	}
+	srv.stop(t)
+	srv.start(t)
+	if got := srv.clients(t)["home"].PublicKey; got != k2.PublicKey().String() {
+		t.Errorf("after restart the key is %s, want the rotated %s", got, k2.PublicKey())
+	}
+	waitUntil(t, 5*time.Second, "a warning about the ignored config entry", func() bool {
+		return strings.Contains(srv.logs.String(), "ignored") && strings.Contains(srv.logs.String(), "client=home")
+	})
+}

@@ -183,6 +183,8 @@ func TestThreeHosts(t *testing.T) {
 		"169.254.169.254:80", "metadata.test:80",
 		"10.9.8.7:25", "private.test:25",
 		fmt.Sprintf("%s:%d", serverAddr, mgmtPort), fmt.Sprintf("server.test:%d", mgmtPort),
+		// The server's own address on any port: loopback in disguise.
+		fmt.Sprintf("%s:%d", serverAddr, publicPort), fmt.Sprintf("server.test:%d", publicPort),
 	} {
 		out, code := n.in(t, "home", nettoolPath, "socks", "-proxy", "127.0.0.1:1080", "-addr", target)
 		if code != 3 || !strings.Contains(out, "SOCKS_REPLY 0x02") {
