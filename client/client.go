@@ -1,4 +1,9 @@
-package main
+// Package client is threshold's home client assembled: the gVisor stack and
+// WireGuard device, the connector that serves tunneled connections from the
+// client's own ServiceToLocalAddrMap, the heartbeats, and the local SOCKS5
+// port relayed to the server. cmd/threshold turns a config file into a
+// Config and runs New, Run and Close.
+package client
 
 import (
 	"context"
@@ -11,12 +16,18 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/thresholdtunnel/threshold/control"
 	"github.com/thresholdtunnel/threshold/forward"
+	"github.com/thresholdtunnel/threshold/keyfile"
 	"github.com/thresholdtunnel/threshold/netstack"
 	"github.com/thresholdtunnel/threshold/wg"
 )
 
 const (
+	// heartbeatInterval is how often the client pings the server; the
+	// server calls it connected while the last ping is younger than
+	// control.DefaultHeartbeatTimeout.
+	heartbeatInterval = time.Second
 	// persistentKeepalive keeps the NAT mapping towards the server open.
 	persistentKeepalive = 25 * time.Second
 	// reresolveAfter: when the server has not answered for this long, look
@@ -24,35 +35,50 @@ const (
 	reresolveAfter = 30 * time.Second
 )
 
-type client struct {
+// Client is a running threshold client.
+type Client struct {
 	log       *slog.Logger
-	cfg       ClientConfig
+	cfg       Config
 	key       wg.Key
 	serverKey wg.Key
-	endpoint  netip.AddrPort
+	endpoint  netip.AddrPort // owned by the ping loop once Run starts
 	stack     *netstack.Stack
 	dev       *wg.Device
 	conn      *forward.Connector
+	connLn    net.Listener
 	relay     *forward.Relay
 	socksLn   net.Listener
 	hb        net.Conn
 
-	lastPong atomic.Int64 // unix nanos of the last heartbeat answer
-	wg       sync.WaitGroup
+	lastPong  atomic.Int64    // unix nanos of the last heartbeat answer
+	ctx       context.Context // ends with Close
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
 }
 
-func newClient(ctx context.Context, cfg ClientConfig, log *slog.Logger) (_ *client, err error) {
-	if err := cfg.validate(); err != nil {
+// New checks cfg (every problem at once, in a *control.Problems), then
+// builds the client and binds its sockets. It serves nothing until Run.
+// On error nothing is left open.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Client, err error) {
+	if log == nil {
+		return nil, errors.New("client: a logger is required")
+	}
+	cfg.FillDefaults()
+	probs := control.NewProblems(control.ErrInvalid, "client config")
+	cfg.check(probs)
+	if err := probs.Err(); err != nil {
 		return nil, err
 	}
-	c := &client{log: log, cfg: cfg}
-	c.serverKey, _ = wg.ParseKey(cfg.ServerPublicKey) // validated above
+	c := &Client{log: log, cfg: cfg}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.serverKey, _ = wg.ParseKey(cfg.ServerPublicKey) // checked
 	defer func() {
 		if err != nil {
-			c.close()
+			c.Close()
 		}
 	}()
-	if c.key, err = loadOrCreateKey(cfg.PrivateKeyFile, log); err != nil {
+	if c.key, err = keyfile.Load(cfg.PrivateKeyFile, log); err != nil {
 		return nil, err
 	}
 	if c.endpoint, err = resolveServer(ctx, cfg.ServerHost, cfg.ServerTunnelControlPort); err != nil {
@@ -63,8 +89,6 @@ func newClient(ctx context.Context, cfg ClientConfig, log *slog.Logger) (_ *clie
 		return nil, err
 	}
 	if c.dev, err = wg.New(wg.Config{PrivateKey: c.key, TUN: c.stack, Logger: log.With("component", "wireguard")}); err != nil {
-		c.stack.Close()
-		c.stack = nil
 		return nil, err
 	}
 	if err = c.dev.SetPeer(c.serverPeer()); err != nil {
@@ -73,14 +97,17 @@ func newClient(ctx context.Context, cfg ClientConfig, log *slog.Logger) (_ *clie
 	if c.conn, err = forward.NewConnector(forward.ConnectorConfig{Services: cfg.ServiceToLocalAddrMap, Logger: log.With("component", "connector")}); err != nil {
 		return nil, err
 	}
-	if c.hb, err = c.stack.DialUDP(netip.AddrPortFrom(wg.ServerAddr, heartbeatPort)); err != nil {
+	if c.connLn, err = c.stack.ListenTCP(netip.AddrPortFrom(netip.IPv6Unspecified(), forward.ConnectorPort)); err != nil {
+		return nil, fmt.Errorf("listening in the tunnel: %w", err)
+	}
+	if c.hb, err = c.stack.DialUDP(netip.AddrPortFrom(wg.ServerAddr, forward.HeartbeatPort)); err != nil {
 		return nil, fmt.Errorf("heartbeat socket: %w", err)
 	}
 	if cfg.Socks5ListenAddress != "" {
 		if c.socksLn, err = net.Listen("tcp", cfg.Socks5ListenAddress); err != nil {
 			return nil, fmt.Errorf("Socks5ListenAddress: %w", err)
 		}
-		socksServer := netip.AddrPortFrom(wg.ServerAddr, socksPort)
+		socksServer := netip.AddrPortFrom(wg.ServerAddr, forward.SocksPort)
 		if c.relay, err = forward.NewRelay(forward.RelayConfig{
 			Dial:   func(ctx context.Context) (net.Conn, error) { return c.stack.DialTCP(ctx, socksServer) },
 			Logger: log.With("component", "socks5"),
@@ -94,7 +121,10 @@ func newClient(ctx context.Context, cfg ClientConfig, log *slog.Logger) (_ *clie
 	return c, nil
 }
 
-func (c *client) serverPeer() wg.Peer {
+// PublicKey is the client's WireGuard public key.
+func (c *Client) PublicKey() wg.Key { return c.key.PublicKey() }
+
+func (c *Client) serverPeer() wg.Peer {
 	return wg.Peer{
 		PublicKey:           c.serverKey,
 		AllowedIPs:          []netip.Prefix{netip.PrefixFrom(wg.ServerAddr, 128)},
@@ -124,58 +154,75 @@ func resolveServer(ctx context.Context, host string, port int) (netip.AddrPort, 
 	return netip.AddrPortFrom(best.Unmap(), uint16(port)), nil
 }
 
-func (c *client) run(ctx context.Context) error {
-	ln, err := c.stack.ListenTCP(netip.AddrPortFrom(netip.IPv6Unspecified(), connectorPort))
-	if err != nil {
-		return fmt.Errorf("listening in the tunnel: %w", err)
-	}
+// Run serves until ctx ends or Close is called, then closes everything.
+func (c *Client) Run(ctx context.Context) error {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		select {
+		case <-c.ctx.Done():
+			stop()
+		case <-ctx.Done():
+		}
+	}()
 	if c.relay != nil {
 		ln := c.socksLn
 		c.socksLn = nil // the relay owns it now
 		c.wg.Add(1)
 		go func() { defer c.wg.Done(); c.relay.Serve(ln) }()
 	}
+	ln := c.connLn
+	c.connLn = nil // the connector owns it now
 	c.wg.Add(3)
 	go func() { defer c.wg.Done(); c.conn.Serve(ln) }()
 	go func() { defer c.wg.Done(); c.readPongs(ctx) }()
 	go func() { defer c.wg.Done(); c.ping(ctx) }()
 	<-ctx.Done()
 	c.log.Info("shutting down")
-	c.close()
-	c.wg.Wait()
+	c.Close()
 	return nil
 }
 
-func (c *client) close() {
-	if c.conn != nil {
-		c.conn.Close()
-	}
-	if c.relay != nil {
-		c.relay.Close()
-	}
-	if c.socksLn != nil {
-		c.socksLn.Close()
-	}
-	if c.hb != nil {
-		c.hb.Close()
-	}
-	if c.dev != nil {
-		c.dev.Close()
-	} else if c.stack != nil {
-		c.stack.Close()
-	}
+// Close stops everything and waits for it; safe on a client New only
+// partly built, and idempotent.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		c.cancel()
+		if c.conn != nil {
+			c.conn.Close()
+		}
+		if c.connLn != nil {
+			c.connLn.Close()
+		}
+		if c.relay != nil {
+			c.relay.Close()
+		}
+		if c.socksLn != nil {
+			c.socksLn.Close()
+		}
+		if c.hb != nil {
+			c.hb.Close()
+		}
+		if c.dev != nil {
+			c.dev.Close()
+		} else if c.stack != nil {
+			c.stack.Close()
+		}
+	})
+	c.wg.Wait()
+	return nil
 }
 
 // ping sends heartbeats. Besides telling the server we are here, they are
 // data packets: wireguard-go starts a new handshake when data it sends gets
 // no answer, so a restarted server is found again within seconds.
-func (c *client) ping(ctx context.Context) {
+func (c *Client) ping(ctx context.Context) {
 	t := time.NewTicker(heartbeatInterval)
 	defer t.Stop()
 	connected := false
 	lastResolve := time.Now()
 	for seq := uint64(1); ; seq++ {
-		if _, err := c.hb.Write(makePing(seq)); err != nil {
+		if _, err := c.hb.Write(forward.Ping(seq)); err != nil {
 			c.log.Debug("heartbeat send failed", "err", err)
 		}
 		select {
@@ -185,7 +232,7 @@ func (c *client) ping(ctx context.Context) {
 		}
 		last := time.Unix(0, c.lastPong.Load())
 		now := time.Now()
-		up := now.Sub(last) < heartbeatTimeout
+		up := now.Sub(last) < control.DefaultHeartbeatTimeout
 		if up != connected {
 			connected = up
 			if up {
@@ -208,7 +255,7 @@ func (c *client) ping(ctx context.Context) {
 	}
 }
 
-func (c *client) reresolve(ctx context.Context) {
+func (c *Client) reresolve(ctx context.Context) {
 	ep, err := resolveServer(ctx, c.cfg.ServerHost, c.cfg.ServerTunnelControlPort)
 	if err != nil {
 		c.log.Warn("re-resolving server", "err", err)
@@ -224,7 +271,7 @@ func (c *client) reresolve(ctx context.Context) {
 	}
 }
 
-func (c *client) readPongs(ctx context.Context) {
+func (c *Client) readPongs(ctx context.Context) {
 	buf := make([]byte, 64)
 	for {
 		n, err := c.hb.Read(buf)
@@ -241,7 +288,7 @@ func (c *client) readPongs(ctx context.Context) {
 			}
 			continue
 		}
-		if isPing(buf[:n]) {
+		if forward.IsPing(buf[:n]) {
 			c.lastPong.Store(time.Now().UnixNano())
 		}
 	}
