@@ -124,6 +124,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Client, err erro
 // PublicKey is the client's WireGuard public key.
 func (c *Client) PublicKey() wg.Key { return c.key.PublicKey() }
 
+// Stack is the client's netstack, for in-process measurements.
+func (c *Client) Stack() *netstack.Stack { return c.stack }
+
 func (c *Client) serverPeer() wg.Peer {
 	return wg.Peer{
 		PublicKey:           c.serverKey,

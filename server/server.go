@@ -179,6 +179,13 @@ func (s *Server) PublicKey() wg.Key { return s.key.PublicKey() }
 // ManagementAddr is where the management API listens.
 func (s *Server) ManagementAddr() net.Addr { return s.apiLn.Addr() }
 
+// Control is the control plane, for driving the server in process (tests,
+// benchmarks) as the management API does.
+func (s *Server) Control() *control.Plane { return s.plane }
+
+// Stack is the server's netstack, for in-process measurements.
+func (s *Server) Stack() *netstack.Stack { return s.stack }
+
 // TunnelPort is the WireGuard UDP port.
 func (s *Server) TunnelPort() (int, error) { return s.dev.ListenPort() }
 
