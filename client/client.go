@@ -53,6 +53,7 @@ type Client struct {
 	lastPong  atomic.Int64    // unix nanos of the last heartbeat answer
 	ctx       context.Context // ends with Close
 	cancel    context.CancelFunc
+	closers   []func() error // what Close undoes, in the order it was built
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 }
@@ -84,42 +85,69 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Client, err erro
 	if c.endpoint, err = resolveServer(ctx, cfg.ServerHost, cfg.ServerTunnelControlPort); err != nil {
 		return nil, err
 	}
-	addr := wg.ClientAddr(c.key.PublicKey())
-	if c.stack, err = netstack.New(netstack.Options{Addresses: []netip.Addr{addr}}); err != nil {
-		return nil, err
-	}
-	if c.dev, err = wg.New(wg.Config{PrivateKey: c.key, TUN: c.stack, Logger: log.With("component", "wireguard")}); err != nil {
-		return nil, err
-	}
-	if err = c.dev.SetPeer(c.serverPeer()); err != nil {
+	if err := c.startTunnel(); err != nil {
 		return nil, err
 	}
 	if c.conn, err = forward.NewConnector(forward.ConnectorConfig{Services: cfg.ServiceToLocalAddrMap, Logger: log.With("component", "connector")}); err != nil {
 		return nil, err
 	}
-	if c.connLn, err = c.stack.ListenTCP(netip.AddrPortFrom(netip.IPv6Unspecified(), forward.ConnectorPort)); err != nil {
-		return nil, fmt.Errorf("listening in the tunnel: %w", err)
-	}
-	if c.hb, err = c.stack.DialUDP(netip.AddrPortFrom(wg.ServerAddr, forward.HeartbeatPort)); err != nil {
-		return nil, fmt.Errorf("heartbeat socket: %w", err)
-	}
+	c.onClose(c.conn.Close)
 	if cfg.Socks5ListenAddress != "" {
-		if c.socksLn, err = net.Listen("tcp", cfg.Socks5ListenAddress); err != nil {
-			return nil, fmt.Errorf("Socks5ListenAddress: %w", err)
-		}
-		socksServer := netip.AddrPortFrom(wg.ServerAddr, forward.SocksPort)
-		if c.relay, err = forward.NewRelay(forward.RelayConfig{
-			Dial:   func(ctx context.Context) (net.Conn, error) { return c.stack.DialTCP(ctx, socksServer) },
-			Logger: log.With("component", "socks5"),
-		}); err != nil {
+		if err := c.startRelay(); err != nil {
 			return nil, err
 		}
-		log.Info("SOCKS5 proxy listening; connections leave from the server", "address", c.socksLn.Addr().String())
 	}
 	log.Info("threshold client started", "client", cfg.ClientId, "public_key", c.key.PublicKey().String(),
-		"tunnel_address", addr, "server", c.endpoint)
+		"tunnel_address", wg.ClientAddr(c.key.PublicKey()), "server", c.endpoint)
 	return c, nil
 }
+
+// startTunnel brings up the stack, the WireGuard device with the server as
+// its peer, and the client's sockets inside the tunnel.
+func (c *Client) startTunnel() (err error) {
+	addr := wg.ClientAddr(c.key.PublicKey())
+	if c.stack, err = netstack.New(netstack.Options{Addresses: []netip.Addr{addr}}); err != nil {
+		return err
+	}
+	c.onClose(c.stack.Close)
+	if c.dev, err = wg.New(wg.Config{PrivateKey: c.key, TUN: c.stack, Logger: c.log.With("component", "wireguard")}); err != nil {
+		return err
+	}
+	c.onClose(c.dev.Close) // before the stack's: the device closes its TUN itself
+	if err = c.dev.SetPeer(c.serverPeer()); err != nil {
+		return err
+	}
+	if c.connLn, err = c.stack.ListenTCP(netip.AddrPortFrom(netip.IPv6Unspecified(), forward.ConnectorPort)); err != nil {
+		return fmt.Errorf("listening in the tunnel: %w", err)
+	}
+	c.onClose(c.connLn.Close)
+	if c.hb, err = c.stack.DialUDP(netip.AddrPortFrom(wg.ServerAddr, forward.HeartbeatPort)); err != nil {
+		return fmt.Errorf("heartbeat socket: %w", err)
+	}
+	c.onClose(c.hb.Close)
+	return nil
+}
+
+// startRelay opens the local SOCKS5 port, relayed to the server.
+func (c *Client) startRelay() (err error) {
+	if c.socksLn, err = net.Listen("tcp", c.cfg.Socks5ListenAddress); err != nil {
+		return fmt.Errorf("Socks5ListenAddress: %w", err)
+	}
+	c.onClose(c.socksLn.Close)
+	socksServer := netip.AddrPortFrom(wg.ServerAddr, forward.SocksPort)
+	if c.relay, err = forward.NewRelay(forward.RelayConfig{
+		Dial:   func(ctx context.Context) (net.Conn, error) { return c.stack.DialTCP(ctx, socksServer) },
+		Logger: c.log.With("component", "socks5"),
+	}); err != nil {
+		return err
+	}
+	c.onClose(c.relay.Close)
+	c.log.Info("SOCKS5 proxy listening; connections leave from the server", "address", c.socksLn.Addr().String())
+	return nil
+}
+
+// onClose adds a step to Close; steps run in reverse order.
+func (c *Client) onClose(f func() error) { c.closers = append(c.closers, f) }
 
 // PublicKey is the client's WireGuard public key.
 func (c *Client) PublicKey() wg.Key { return c.key.PublicKey() }
@@ -169,15 +197,11 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 	}()
 	if c.relay != nil {
-		ln := c.socksLn
-		c.socksLn = nil // the relay owns it now
 		c.wg.Add(1)
-		go func() { defer c.wg.Done(); c.relay.Serve(ln) }()
+		go func() { defer c.wg.Done(); c.relay.Serve(c.socksLn) }()
 	}
-	ln := c.connLn
-	c.connLn = nil // the connector owns it now
 	c.wg.Add(3)
-	go func() { defer c.wg.Done(); c.conn.Serve(ln) }()
+	go func() { defer c.wg.Done(); c.conn.Serve(c.connLn) }()
 	go func() { defer c.wg.Done(); c.readPongs(ctx) }()
 	go func() { defer c.wg.Done(); c.ping(ctx) }()
 	<-ctx.Done()
@@ -191,25 +215,8 @@ func (c *Client) Run(ctx context.Context) error {
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		c.cancel()
-		if c.conn != nil {
-			c.conn.Close()
-		}
-		if c.connLn != nil {
-			c.connLn.Close()
-		}
-		if c.relay != nil {
-			c.relay.Close()
-		}
-		if c.socksLn != nil {
-			c.socksLn.Close()
-		}
-		if c.hb != nil {
-			c.hb.Close()
-		}
-		if c.dev != nil {
-			c.dev.Close()
-		} else if c.stack != nil {
-			c.stack.Close()
+		for i := len(c.closers) - 1; i >= 0; i-- {
+			c.closers[i]()
 		}
 	})
 	c.wg.Wait()

@@ -47,6 +47,7 @@ type Server struct {
 
 	ctx       context.Context // ends with Close
 	cancel    context.CancelFunc
+	closers   []func() error // what Close undoes, in the order it was built
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 }
@@ -60,31 +61,10 @@ func New(cfg Config, log *slog.Logger) (_ *Server, err error) {
 		return nil, errors.New("server: a logger is required")
 	}
 	cfg.FillDefaults()
-	probs := control.NewProblems(control.ErrInvalid, "server config")
-	cfg.check(probs)
-	policy := cfg.egressPolicy(probs)
-	var auth *mgmt.Auth
-	if probs.Len() == 0 { // the auth files are read once, and only for a sound config
-		ac := cfg.authConfig()
-		ac.Logger = log.With("component", "mgmt")
-		if auth, err = mgmt.NewAuth(ac); err != nil {
-			var ap *control.Problems
-			if !errors.As(err, &ap) {
-				return nil, err
-			}
-			for _, line := range ap.Lines() {
-				// mgmt calls the address ListenAddress; this config, ManagementAddress.
-				if rest, ok := strings.CutPrefix(line, "ListenAddress:"); ok {
-					line = "ManagementAddress:" + rest
-				}
-				probs.Add(line)
-			}
-		}
-	}
-	if err := probs.Err(); err != nil {
+	policy, auth, err := cfg.validate(log.With("component", "mgmt"))
+	if err != nil {
 		return nil, err
 	}
-
 	s := &Server{cfg: cfg, log: log, tls: auth.TLSConfig() != nil}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	defer func() {
@@ -92,52 +72,17 @@ func New(cfg Config, log *slog.Logger) (_ *Server, err error) {
 			s.Close()
 		}
 	}()
-	var store control.Store
-	if cfg.StateDir != "" {
-		fs := control.FileStore{Dir: cfg.StateDir}
-		removed, err := fs.RemoveStale()
-		if err != nil {
-			return nil, fmt.Errorf("StateDir %s: %w", cfg.StateDir, err)
-		}
-		if len(removed) > 0 {
-			log.Info("removed temporary state files left by a crash", "dir", cfg.StateDir, "files", removed)
-		}
-		store = fs
+	store, err := openStore(cfg.StateDir, log)
+	if err != nil {
+		return nil, err
 	}
 	if s.key, err = keyfile.Load(cfg.PrivateKeyFile, log); err != nil {
 		return nil, err
 	}
-	if s.stack, err = netstack.New(netstack.Options{Addresses: []netip.Addr{wg.ServerAddr}}); err != nil {
+	if err := s.startTunnel(); err != nil {
 		return nil, err
 	}
-	if s.dev, err = wg.New(wg.Config{PrivateKey: s.key, ListenPort: cfg.TunnelControlPort, TUN: s.stack, Logger: log.With("component", "wireguard")}); err != nil {
-		return nil, err
-	}
-	s.metrics = newMetrics(func() map[string]control.ClientStatus { return s.plane.Clients() })
-	s.dir.Store(forward.NewDirectory())
-	if s.gw, err = forward.NewGateway(forward.GatewayConfig{
-		Directory: s.dir.Load,
-		Dial: func(ctx context.Context, to netip.AddrPort) (net.Conn, error) {
-			return s.stack.DialTCP(ctx, to)
-		},
-		PeekTimeout: time.Duration(cfg.HostnamePeekTimeoutSeconds * float64(time.Second)),
-		Observe:     s.metrics.observe,
-		Rejected:    func(reason string) { s.metrics.rejected.WithLabelValues(reason).Inc() },
-		Logger:      log.With("component", "gateway"),
-	}); err != nil {
-		return nil, err
-	}
-	var egressAddr netip.Addr
-	if cfg.Socks5EgressAddress != "" {
-		egressAddr = netip.MustParseAddr(cfg.Socks5EgressAddress) // checked
-	}
-	if s.egress, err = forward.NewEgress(forward.EgressConfig{
-		Logger:    log.With("component", "socks5"),
-		Policy:    policy,
-		LocalAddr: egressAddr,
-		Directory: s.dir.Load,
-		Meter:     s.egressMeter,
-	}); err != nil {
+	if err := s.startForwarders(policy); err != nil {
 		return nil, err
 	}
 	if s.plane, err = control.New(control.Options{
@@ -152,26 +97,137 @@ func New(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	}); err != nil {
 		return nil, err
 	}
-	if s.hb, err = s.stack.ListenUDP(netip.AddrPortFrom(wg.ServerAddr, forward.HeartbeatPort)); err != nil {
-		return nil, fmt.Errorf("heartbeat socket: %w", err)
-	}
-	if s.socksLn, err = s.stack.ListenTCP(netip.AddrPortFrom(wg.ServerAddr, forward.SocksPort)); err != nil {
-		return nil, fmt.Errorf("SOCKS5 listener in the tunnel: %w", err)
-	}
-	handler, err := mgmt.NewHandler(s.plane, log.With("component", "mgmt"), mgmt.Options{Auth: auth, Metrics: s.metrics.reg})
-	if err != nil {
+	s.onClose(s.plane.Close)
+	if err := s.startAPI(auth); err != nil {
 		return nil, err
 	}
-	mgmtAddr := net.JoinHostPort(cfg.ManagementAddress, strconv.Itoa(cfg.ManagementPort))
-	if s.apiLn, err = net.Listen("tcp", mgmtAddr); err != nil {
-		return nil, fmt.Errorf("management API: %w", err)
-	}
-	s.api = mgmt.NewHTTPServer(handler, auth.TLSConfig(), slog.NewLogLogger(log.Handler(), slog.LevelDebug))
 	port, _ := s.dev.ListenPort()
 	log.Info("threshold server started", "public_key", s.key.PublicKey().String(), "tunnel_port", port,
 		"management", s.apiLn.Addr().String(), "auth", auth.Mode())
 	return s, nil
 }
+
+// validate finds every problem of a config with defaults filled in; the
+// authentication files are read once, and only for an otherwise sound
+// config.
+func (c *Config) validate(mgmtLog *slog.Logger) (forward.EgressPolicy, *mgmt.Auth, error) {
+	probs := control.NewProblems(control.ErrInvalid, "server config")
+	c.check(probs)
+	policy := c.egressPolicy(probs)
+	if probs.Len() > 0 {
+		return policy, nil, probs
+	}
+	ac := c.authConfig()
+	ac.Logger = mgmtLog
+	auth, err := mgmt.NewAuth(ac)
+	var ap *control.Problems
+	switch {
+	case err == nil:
+		return policy, auth, nil
+	case !errors.As(err, &ap):
+		return policy, nil, err
+	}
+	for _, line := range ap.Lines() {
+		// mgmt calls the address ListenAddress; this config, ManagementAddress.
+		if rest, ok := strings.CutPrefix(line, "ListenAddress:"); ok {
+			line = "ManagementAddress:" + rest
+		}
+		probs.Add(line)
+	}
+	return policy, nil, probs
+}
+
+// openStore is the state store of a StateDir; nil without one.
+func openStore(dir string, log *slog.Logger) (control.Store, error) {
+	if dir == "" {
+		return nil, nil
+	}
+	fs := control.FileStore{Dir: dir}
+	removed, err := fs.RemoveStale()
+	if err != nil {
+		return nil, fmt.Errorf("StateDir %s: %w", dir, err)
+	}
+	if len(removed) > 0 {
+		log.Info("removed temporary state files left by a crash", "dir", dir, "files", removed)
+	}
+	return fs, nil
+}
+
+// startTunnel brings up the stack, the WireGuard device and the sockets
+// the server serves inside the tunnel.
+func (s *Server) startTunnel() (err error) {
+	if s.stack, err = netstack.New(netstack.Options{Addresses: []netip.Addr{wg.ServerAddr}}); err != nil {
+		return err
+	}
+	s.onClose(s.stack.Close)
+	if s.dev, err = wg.New(wg.Config{PrivateKey: s.key, ListenPort: s.cfg.TunnelControlPort, TUN: s.stack, Logger: s.log.With("component", "wireguard")}); err != nil {
+		return err
+	}
+	s.onClose(s.dev.Close) // before the stack's: the device closes its TUN itself
+	if s.hb, err = s.stack.ListenUDP(netip.AddrPortFrom(wg.ServerAddr, forward.HeartbeatPort)); err != nil {
+		return fmt.Errorf("heartbeat socket: %w", err)
+	}
+	s.onClose(s.hb.Close)
+	if s.socksLn, err = s.stack.ListenTCP(netip.AddrPortFrom(wg.ServerAddr, forward.SocksPort)); err != nil {
+		return fmt.Errorf("SOCKS5 listener in the tunnel: %w", err)
+	}
+	s.onClose(s.socksLn.Close)
+	return nil
+}
+
+// startForwarders builds the public gateway and SOCKS5 egress; both read
+// the clients from the Directory the control plane publishes.
+func (s *Server) startForwarders(policy forward.EgressPolicy) (err error) {
+	s.metrics = newMetrics(func() map[string]control.ClientStatus { return s.plane.Clients() })
+	s.dir.Store(forward.NewDirectory())
+	if s.gw, err = forward.NewGateway(forward.GatewayConfig{
+		Directory: s.dir.Load,
+		Dial: func(ctx context.Context, to netip.AddrPort) (net.Conn, error) {
+			return s.stack.DialTCP(ctx, to)
+		},
+		PeekTimeout: time.Duration(s.cfg.HostnamePeekTimeoutSeconds * float64(time.Second)),
+		Observe:     s.metrics.observe,
+		Rejected:    func(reason string) { s.metrics.rejected.WithLabelValues(reason).Inc() },
+		Logger:      s.log.With("component", "gateway"),
+	}); err != nil {
+		return err
+	}
+	s.onClose(s.gw.Close)
+	var egressAddr netip.Addr
+	if s.cfg.Socks5EgressAddress != "" {
+		egressAddr = netip.MustParseAddr(s.cfg.Socks5EgressAddress) // checked
+	}
+	if s.egress, err = forward.NewEgress(forward.EgressConfig{
+		Logger:    s.log.With("component", "socks5"),
+		Policy:    policy,
+		LocalAddr: egressAddr,
+		Directory: s.dir.Load,
+		Meter:     s.egressMeter,
+	}); err != nil {
+		return err
+	}
+	s.onClose(s.egress.Close)
+	return nil
+}
+
+// startAPI binds the management port.
+func (s *Server) startAPI(auth *mgmt.Auth) error {
+	handler, err := mgmt.NewHandler(s.plane, s.log.With("component", "mgmt"), mgmt.Options{Auth: auth, Metrics: s.metrics.reg})
+	if err != nil {
+		return err
+	}
+	addr := net.JoinHostPort(s.cfg.ManagementAddress, strconv.Itoa(s.cfg.ManagementPort))
+	if s.apiLn, err = net.Listen("tcp", addr); err != nil {
+		return fmt.Errorf("management API: %w", err)
+	}
+	s.api = mgmt.NewHTTPServer(handler, auth.TLSConfig(), slog.NewLogLogger(s.log.Handler(), slog.LevelDebug))
+	s.onClose(s.apiLn.Close)
+	s.onClose(s.api.Close)
+	return nil
+}
+
+// onClose adds a step to Close; steps run in reverse order.
+func (s *Server) onClose(f func() error) { s.closers = append(s.closers, f) }
 
 // PublicKey is the server's WireGuard public key.
 func (s *Server) PublicKey() wg.Key { return s.key.PublicKey() }
@@ -241,31 +297,8 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.cancel()
-		if s.api != nil {
-			s.api.Close()
-		}
-		if s.apiLn != nil {
-			s.apiLn.Close()
-		}
-		if s.plane != nil {
-			s.plane.Close()
-		}
-		if s.gw != nil {
-			s.gw.Close()
-		}
-		if s.egress != nil {
-			s.egress.Close()
-		}
-		if s.socksLn != nil {
-			s.socksLn.Close()
-		}
-		if s.hb != nil {
-			s.hb.Close()
-		}
-		if s.dev != nil {
-			s.dev.Close() // closes the stack too
-		} else if s.stack != nil {
-			s.stack.Close()
+		for i := len(s.closers) - 1; i >= 0; i-- {
+			s.closers[i]()
 		}
 	})
 	s.wg.Wait()
