@@ -163,7 +163,7 @@ func TestSyntaxErrors(t *testing.T) {
 		{`{"a": "open`, 1, 12, "in the string at line 1, column 7"},
 		{`{"a"`, 1, 5, "want ':' after the key; the object at line 1, column 1 is not closed"},
 		{`[nul`, 1, 5, `want "null"`},
-		{"\xef\xbb\xbf{}", 1, 1, "byte 0xef"},
+		{"\xef\xbb\xbf{}", 1, 1, "byte 0xef: want a value (a byte order mark"},
 	} {
 		var v any
 		err := Unmarshal([]byte(c.in), &v)
@@ -408,7 +408,9 @@ func TestDepth(t *testing.T) {
 		t.Fatal(err)
 	}
 	deep := "[" + ok + "]"
-	expect(t, Unmarshal([]byte(deep), &v), want{KindSyntax, strings.Repeat("[0]", maxDepth), 1, maxDepth + 1, "nested too deeply"})
+	// A deep path shows its two ends.
+	path := strings.Repeat("[0]", 8) + "...(9984 more)..." + strings.Repeat("[0]", 8)
+	expect(t, Unmarshal([]byte(deep), &v), want{KindSyntax, path, 1, maxDepth + 1, "nested too deeply"})
 	if json.Valid([]byte(deep)) {
 		t.Fatal("encoding/json takes deeper nesting now")
 	}
@@ -490,4 +492,190 @@ func TestNumbersAtTheLimits(t *testing.T) {
 		want{KindType, "I", 1, 7, "want an integer, got a number"},
 		want{KindType, "U", 1, 17, "want a non-negative integer, got a number"},
 	)
+}
+
+func TestUnquoteMatchesEncodingJSON(t *testing.T) {
+	for _, lit := range []string{
+		`""`, `"plain"`, `"\ud83d\ude00"`, `"\ud800"`, `"\ud800x"`, `"\udc00"`, `"\ud800\u0041"`,
+		`"\ud800\udbff"`, `"\uD83D\uDE00"`, "\"\xff\xfe\"", "\"\xe2\x82\"", `"\b\f\n\r\t\/\\\""`,
+		`"\u00e9\u00C9"`, `"tab\u0009"`, "\"é\"",
+	} {
+		var want string
+		if err := json.Unmarshal([]byte(lit), &want); err != nil {
+			t.Fatalf("%s: %v", lit, err)
+		}
+		got, ok := unquote([]byte(lit), nil)
+		if !ok || string(got) != want {
+			t.Errorf("%s: %q, want %q", lit, got, want)
+		}
+		// As a key, too: matched as encoding/json matches it.
+		var m map[string]int
+		if err := Unmarshal([]byte(`{`+lit+`: 1}`), &m); err != nil || m[want] != 1 {
+			t.Errorf("%s as a key: %v %v", lit, err, m)
+		}
+	}
+	for _, bad := range []string{`"`, `x`, `"\"`, `"\x"`, `"\u12"`, `"\u12g4"`, "\"a\nb\"", `"a"b"`} {
+		if _, ok := unquote([]byte(bad), nil); ok {
+			t.Errorf("%s: accepted", bad)
+		}
+	}
+}
+
+// FuzzUnquote checks string decoding, which keys and the ",string" option
+// rely on, against encoding/json's.
+func FuzzUnquote(f *testing.F) {
+	for _, s := range []string{`"a"`, `"\ud83d\ude00"`, `"\ud800\ud800"`, "\"\xff\"", `"\u0000"`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, lit []byte) {
+		var want string
+		jerr := json.Unmarshal(lit, &want)
+		got, ok := unquote(lit, nil)
+		if jerr == nil && (!ok || string(got) != want) {
+			t.Fatalf("%q: %q %v, want %q", lit, got, ok, want)
+		}
+	})
+}
+
+// flaky passes the walk's call and fails encoding/json's: the walk cannot
+// see that coming, so Unmarshal must report the failure, not decode half.
+type flaky struct{ N int }
+
+var flakyCalls int
+
+func (f *flaky) UnmarshalJSON(b []byte) error {
+	flakyCalls++
+	if flakyCalls%2 == 0 {
+		return &json.UnmarshalTypeError{Value: "number", Type: reflect.TypeFor[flaky](), Offset: 9, Field: "F"}
+	}
+	return nil
+}
+
+func TestFailureAfterTheWalk(t *testing.T) {
+	v := struct{ F flaky }{F: flaky{N: 1}}
+	err := Unmarshal([]byte("{\n\"F\": 12345}"), &v)
+	expect(t, err, want{KindType, "F.F", 2, 8, "cannot unmarshal number"})
+	if v.F.N != 1 {
+		t.Fatal("changed")
+	}
+}
+
+// jsonKey has both methods: as a map key, encoding/json calls
+// UnmarshalJSON with the quoted key.
+type jsonKey string
+
+func (k *jsonKey) UnmarshalJSON(b []byte) error {
+	if len(b) < 2 || b[0] != '"' {
+		return errors.New("want a quoted key")
+	}
+	if string(b) == `"bad"` {
+		return errors.New("bad key")
+	}
+	*k = jsonKey(b[1 : len(b)-1])
+	return nil
+}
+
+func (k *jsonKey) UnmarshalText(b []byte) error { return errors.New("not to be called") }
+
+func TestMapKeyMethods(t *testing.T) {
+	var m map[jsonKey]int
+	if err := Unmarshal([]byte(`{"a": 1}`), &m); err != nil || m["a"] != 1 {
+		t.Fatal(err, m)
+	}
+	expect(t, Unmarshal([]byte(`{"a": 1, "bad": 2}`), &m), want{KindValue, `["bad"]`, 1, 10, "bad key"})
+	var bad map[[2]int]int
+	expect(t, Unmarshal([]byte(`{"a": 1}`), &bad), want{KindType, "", 1, 1, "cannot be decoded), got an object"})
+}
+
+func TestLiteralEdges(t *testing.T) {
+	var v struct {
+		Addr netip.Addr
+		F    float64 `json:",string"`
+		B    *bool   `json:",string"`
+		I    fmt.Stringer
+		Ok   bool
+	}
+	expect(t, Unmarshal([]byte(`{"Addr": {}, "F": "1x", "B": "nul", "I": 5, "Ok": false}`), &v),
+		want{KindType, "Addr", 1, 10, "want a string, got an object"},
+		want{KindType, "F", 1, 19, `want a string holding a number (the field has the ",string" option), got "1x"`},
+		want{KindType, "B", 1, 30, `got "nul"`},
+		want{KindType, "I", 1, 42, "cannot be decoded), got a number"},
+	)
+	expect(t, Unmarshal([]byte(`{"Addr": 1, "Ok": "`+strings.Repeat("x", 50)+`"}`), &v),
+		want{KindType, "Addr", 1, 10, "want a string, got a number"},
+		want{KindType, "Ok", 1, 19, "want true or false, got a string"},
+	)
+}
+
+// Embedding layouts, checked against encoding/json by the fuzz test's
+// properties.
+type (
+	EmA   struct{ X, A int }
+	EmB   struct{ X, B int }
+	EmC   struct{ C int }
+	EmTag struct {
+		X int `json:"X"`
+	}
+	EmTwoC struct {
+		EmA
+		EmC
+	}
+	EmTwoC2 struct {
+		EmB
+		EmC
+	}
+	EmCycle struct {
+		*EmCycle
+		Z int
+	}
+	emUnexp  int
+	embedAll struct {
+		EmTwoC  // C at depth 2 ...
+		EmTwoC2 // ... twice: it cancels out
+		EmTag   // a tagged X beats the untagged ones at the same depth
+		EmCycle
+		emUnexp     // an unexported non-struct: ignored
+		Bad     int `json:"a\"b"` // an unusable tag name: the Go name counts
+		Uni     int `json:"ünï"`
+	}
+)
+
+func TestEmbeddingRulesAgree(t *testing.T) {
+	typ := reflect.TypeFor[embedAll]()
+	for _, in := range []string{
+		`{"X": 1}`, `{"A": 1, "B": 2, "C": 3}`, `{"Z": 4}`, `{"EmCycle": {}}`, `{"emUnexp": 1}`,
+		`{"Bad": 1}`, `{"a\"b": 1}`, `{"ünï": 1}`, `{"ÜNÏ": 1}`, `{"x": 1}`,
+	} {
+		agree(t, typ, []byte(in))
+	}
+	var v embedAll
+	if err := Unmarshal([]byte(`{"X": 1, "A": 2, "Z": 3, "Bad": 4, "ünï": 5}`), &v); err != nil || v.EmTag.X != 1 || v.EmTwoC.EmA.A != 2 || v.Z != 3 || v.Bad != 4 {
+		t.Fatal(err, v)
+	}
+	expect(t, Unmarshal([]byte(`{"C": 1, "ÜNÏ": 2}`), &v),
+		want{KindUnknown, "C", 1, 2, "unknown field"},
+		want{KindCase, `["ÜNÏ"]`, 1, 10, `did you mean "ünï"?`})
+}
+
+// Whatever the input holds, an answer of 20 problems stays small: long
+// keys, literals and messages are cut short.
+func TestLongInputsGiveShortAnswers(t *testing.T) {
+	long := strings.Repeat("é", 100_000)
+	esc := strings.Repeat(`\u00e9`, 50_000)
+	var v struct {
+		Addr netip.Addr
+		N    int
+		M    map[string]int
+	}
+	in := `{"` + long + `": 1, "` + esc + `": 2, "Addr": "` + long + `", "N": ` + strings.Repeat("9", 100_000) +
+		`, "M": {"` + long + `": "x"}}`
+	err := Unmarshal([]byte(in), &v)
+	ps := problemsOf(t, err)
+	if len(ps) != 5 || len(err.Error()) > 2000 {
+		t.Fatalf("%d problems, %d bytes: %.3000s", len(ps), len(err.Error()), err)
+	}
+	short := `"` + strings.Repeat("é", 32) + `..."`
+	if !strings.HasPrefix(ps[0].Message, "unknown field "+short) || ps[0].Path != `[`+short+`]` || ps[4].Path != `M[`+short+`]` {
+		t.Fatalf("%v", err)
+	}
 }

@@ -143,21 +143,27 @@ func (w *walker) lineCol(off int) (line, col int) {
 func (w *walker) pathString() string {
 	var b strings.Builder
 	for i, e := range w.path {
+		if len(w.path) > maxPath && i >= maxPath/2 && i < len(w.path)-maxPath/2 {
+			if i == maxPath/2 {
+				fmt.Fprintf(&b, "...(%d more)...", len(w.path)-maxPath)
+			}
+			continue
+		}
 		switch e.kind {
 		case 'i':
 			b.WriteByte('[')
 			b.WriteString(strconv.Itoa(e.index))
 			b.WriteByte(']')
 		default:
-			name, _ := unquote(w.data[e.start:e.end], nil)
+			name := w.name(e.start, e.end)
 			if e.kind == 'f' && isIdent(name) {
 				if i > 0 {
 					b.WriteByte('.')
 				}
-				b.Write(name)
+				b.WriteString(name)
 			} else {
 				b.WriteByte('[')
-				b.WriteString(strconv.Quote(string(name)))
+				b.WriteString(strconv.Quote(name))
 				b.WriteByte(']')
 			}
 		}
@@ -165,11 +171,32 @@ func (w *walker) pathString() string {
 	return b.String()
 }
 
-func isIdent(s []byte) bool {
+// name is the key at start (a valid string literal) decoded for display,
+// cut short if long, without decoding more of a long key than it shows.
+func (w *walker) name(start, end int) string {
+	raw := w.data[start:end]
+	if len(raw) > 6*maxName {
+		i := 1
+		for i < 6*maxName {
+			if raw[i] == '\\' && raw[i+1] == 'u' {
+				i += 6
+			} else if raw[i] == '\\' {
+				i += 2
+			} else {
+				i++
+			}
+		}
+		raw = append(raw[:i:i], '"')
+	}
+	s, _ := unquote(raw, nil)
+	return cut(string(s[:min(len(s), maxName+utf8.UTFMax)]), maxName)
+}
+
+func isIdent(s string) bool {
 	if len(s) == 0 || '0' <= s[0] && s[0] <= '9' {
 		return false
 	}
-	for _, c := range s {
+	for _, c := range []byte(s) {
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_') {
 			return false
 		}
@@ -255,6 +282,8 @@ func (w *walker) value(t reflect.Type, fl int) bool {
 // hint guesses what the user meant by a byte that cannot start a value.
 func (w *walker) hint(off int, c byte) string {
 	switch {
+	case off == 0 && len(w.data) >= 3 && string(w.data[:3]) == "\xef\xbb\xbf":
+		return " (a byte order mark: save the file as UTF-8 without one)"
 	case c == '\'':
 		return " (strings take double quotes)"
 	case c == '/' || c == '#':
@@ -328,13 +357,13 @@ func (w *walker) callJSON(elem reflect.Type, raw []byte, at int, rebase bool) {
 		return
 	}
 	if w.room(KindValue) {
-		w.add(KindValue, at, err.Error())
+		w.add(KindValue, at, cut(err.Error(), maxMessage))
 	}
 }
 
 func (w *walker) callText(elem reflect.Type, s []byte, at int) {
 	if err := reflect.New(elem).Interface().(encoding.TextUnmarshaler).UnmarshalText(s); err != nil && w.room(KindValue) {
-		w.add(KindValue, at, err.Error())
+		w.add(KindValue, at, cut(err.Error(), maxMessage))
 	}
 }
 
@@ -454,7 +483,7 @@ func (w *walker) object(t reflect.Type, skip bool, start int) bool {
 			case i < 0:
 				w.unknown(si, ks, ke)
 			case !exact && w.room(KindCase):
-				msg := fmt.Sprintf("unknown field %s; did you mean %q? (names are case-sensitive)", w.data[ks:ke], si.fields[i].name)
+				msg := fmt.Sprintf("unknown field %s; did you mean %q? (names are case-sensitive)", w.keyText(ks, ke), si.fields[i].name)
 				if seen[i] >= 0 {
 					line, col := w.lineCol(seen[i])
 					msg += fmt.Sprintf("; that field is set already at line %d, column %d", line, col)
@@ -554,9 +583,8 @@ func (w *walker) unknown(si *structInfo, ks, ke int) {
 	if !w.room(KindUnknown) {
 		return
 	}
-	key, _ := unquote(w.data[ks:ke], nil)
-	msg := "unknown field " + string(w.data[ks:ke])
-	if near := nearest(si, string(key)); near != "" {
+	msg := "unknown field " + w.keyText(ks, ke)
+	if near := nearest(si, w.name(ks, ke)); near != "" {
 		msg += fmt.Sprintf("; did you mean %q?", near)
 	} else if n := len(si.fields); n == 0 {
 		msg += "; this object takes no fields"
@@ -578,7 +606,7 @@ func (w *walker) duplicate(ks, ke, first int, field string) {
 		return
 	}
 	line, col := w.lineCol(first)
-	what := "duplicate key " + string(w.data[ks:ke])
+	what := "duplicate key " + w.keyText(ks, ke)
 	if field != "" {
 		what = fmt.Sprintf("field %q set twice", field)
 	}
@@ -588,9 +616,13 @@ func (w *walker) duplicate(ks, ke, first int, field string) {
 // nearest names the field a mistyped key most likely meant, if any is
 // close enough.
 func nearest(si *structInfo, key string) string {
+	if len(key) > maxName {
+		return ""
+	}
+	key = strings.ToLower(key)
 	best, bestD := "", 3
 	for _, f := range si.fields {
-		if d := distance(strings.ToLower(key), strings.ToLower(f.name), bestD); d < bestD && d <= len(f.name)/3 {
+		if d := distance(key, strings.ToLower(f.name), bestD); d < bestD && d <= len(f.name)/3 {
 			best, bestD = f.name, d
 		}
 	}
@@ -639,12 +671,12 @@ func (w *walker) mapKey(kt reflect.Type, key []byte, ks, ke int) {
 	case isInt(kt.Kind()):
 		n, err := strconv.ParseInt(string(key), 10, 64)
 		if err != nil || reflect.Zero(kt).OverflowInt(n) {
-			w.problem(KindType, ks, "want an integer key, got %s", w.data[ks:ke])
+			w.problem(KindType, ks, "want an integer key, got %s", w.keyText(ks, ke))
 		}
 	case isUint(kt.Kind()):
 		n, err := strconv.ParseUint(string(key), 10, 64)
 		if err != nil || reflect.Zero(kt).OverflowUint(n) {
-			w.problem(KindType, ks, "want a non-negative integer key, got %s", w.data[ks:ke])
+			w.problem(KindType, ks, "want a non-negative integer key, got %s", w.keyText(ks, ke))
 		}
 	}
 }
@@ -867,14 +899,34 @@ func allDigits(b []byte) bool {
 	return true
 }
 
+// What a message shows of the input is bounded, so that 20 problems stay
+// a small answer whatever the input holds.
+const (
+	maxLiteral = 40  // bytes of a literal
+	maxName    = 64  // bytes of a key or member name
+	maxMessage = 300 // bytes of a message from a type's own method
+	maxPath    = 16  // elements of a path: the first and last 8
+)
+
 // clip cuts a literal short for a message.
 func clip(b []byte) string {
-	const n = 40
-	if len(b) > n {
-		return string(b[:n]) + "..."
-	}
-	return string(b)
+	return cut(string(b[:min(len(b), maxLiteral+utf8.UTFMax)]), maxLiteral)
 }
+
+// cut shortens s to about n bytes, on a rune boundary, marking the cut.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
+}
+
+// keyText is the key at ks for a message: decoded, quoted, cut short if
+// long.
+func (w *walker) keyText(ks, ke int) string { return strconv.Quote(w.name(ks, ke)) }
 
 func quoteChar(c byte) string {
 	if c >= 0x20 && c < 0x7f {
@@ -1114,7 +1166,7 @@ func hex4(s []byte) rune {
 // afterCheck turns an error of encoding/json after a clean walk into a
 // problem, placed as well as its error allows.
 func afterCheck(data []byte, err error) Problem {
-	p := Problem{Kind: KindValue, Message: err.Error()}
+	p := Problem{Kind: KindValue, Message: cut(err.Error(), maxMessage)}
 	var te *json.UnmarshalTypeError
 	var se *json.SyntaxError
 	switch {
