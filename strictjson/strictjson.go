@@ -21,13 +21,16 @@
 // value that then replaces *v, so decoding means exactly what it means to
 // encoding/json (tags, omitempty, "-", ",string", embedded structs,
 // json.Unmarshaler, encoding.TextUnmarshaler, json.Number, ...), and a
-// refused input changes nothing.
+// refused input changes nothing. A type's UnmarshalJSON or UnmarshalText
+// thus runs twice, first on a throwaway value during the walk, so it must
+// have no side effects.
 //
 // The problem list is bounded (DefaultMaxProblems, or Options.MaxProblems);
 // problems past the bound are only counted, with no memory per problem, so
 // a hostile input gets a small answer quickly.
 //
 // Size limits are the caller's: read the input through a limit first.
+// Nothing is kept between calls; Unmarshal is safe for concurrent use.
 package strictjson
 
 import (

@@ -1,6 +1,7 @@
 package strictjson
 
 import (
+	"bytes"
 	"encoding"
 	"encoding/base64"
 	"encoding/json"
@@ -18,29 +19,33 @@ const maxDepth = 10000
 // walker checks one input against one type in a single pass: it is both
 // the JSON scanner and the type check. It allocates per problem listed,
 // never per problem counted, so a hostile input costs time linear in its
-// size and memory bounded by the list.
+// size and memory bounded by the list, the nesting, and the keys of maps
+// (which decoding would keep anyway).
 type walker struct {
 	data  []byte
 	pos   int
 	max   int
 	probs []Problem
 	more  int
-	fatal bool // a syntax error ended the walk
-	hard  int  // problems of KindType and KindValue, listed or not
+	hard  int // problems of KindType and KindValue, listed or not
 
 	depth int
 	opens []int      // offsets of the open objects and arrays
 	path  []pathElem // where the walk is
 	types map[reflect.Type]*typeInfo
-	last  *typeInfo        // the last looked up, most often the next too
-	seen  [][]int          // per depth: where each struct field was set, or -1
-	keys  []map[string]int // per depth: where each key of a map or any-object was
-	buf   []byte           // keys unescaped
-	fold  []byte           // keys folded
+	last  *typeInfo         // the last looked up, most often the next too
+	seen  [][]spot          // per depth: where each struct field was set (line 0: not yet)
+	keys  []map[string]spot // per depth: where each key of a map or any-object was
+	buf   []byte            // keys unescaped
+	fold  []byte            // keys folded
 
 	// lineCol's cursor: the line and line start at offset lcOff.
 	lcOff, lcLine, lcStart int
 }
+
+// spot is where a key was, kept to say where a duplicate was first set
+// without counting lines back from the start.
+type spot struct{ line, col int }
 
 type pathElem struct {
 	kind       byte // 'f' struct member, 'k' map or any-object key, 'i' index
@@ -102,7 +107,6 @@ func (w *walker) stop(kind Kind, off int, msg string) {
 		w.more++
 	}
 	w.add(kind, off, msg)
-	w.fatal = true
 }
 
 func (w *walker) syntax(off int, format string, args ...any) bool {
@@ -125,16 +129,16 @@ func (w *walker) eof(want string) bool {
 }
 
 // lineCol turns an offset into a line and a column, both 1-based. The
-// problems come in input order, so a cursor makes this linear overall.
+// problems come mostly in input order, so a cursor makes this linear; a
+// look back (where a duplicate was first set) counts again from the start.
 func (w *walker) lineCol(off int) (line, col int) {
 	if off < w.lcOff {
 		w.lcOff, w.lcLine, w.lcStart = 0, 1, 0
 	}
-	for i := w.lcOff; i < off; i++ {
-		if w.data[i] == '\n' {
-			w.lcLine++
-			w.lcStart = i + 1
-		}
+	seg := w.data[w.lcOff:off]
+	if n := bytes.Count(seg, []byte{'\n'}); n > 0 {
+		w.lcLine += n
+		w.lcStart = w.lcOff + bytes.LastIndexByte(seg, '\n') + 1
 	}
 	w.lcOff = off
 	return w.lcLine, off - w.lcStart + 1
@@ -240,7 +244,7 @@ func (w *walker) value(t reflect.Type, fl int) bool {
 		case r.m == viaJSON:
 			return w.viaJSON(r, start)
 		case r.m == viaText && (c == '{' || c == '['):
-			w.mismatch(start, "a string", c)
+			w.mismatch(start, nil, 0, c)
 			t = nil
 		}
 	}
@@ -330,7 +334,7 @@ func (w *walker) viaJSON(r resolved, start int) bool {
 		}
 		return true
 	}
-	w.mismatch(start, w.describe(reflect.PointerTo(r.elem), fTop), c)
+	w.mismatch(start, reflect.PointerTo(r.elem), fTop, c)
 	return w.value(nil, 0)
 }
 
@@ -367,10 +371,17 @@ func (w *walker) callText(elem reflect.Type, s []byte, at int) {
 	}
 }
 
-func (w *walker) mismatch(at int, want string, c byte) {
-	if w.room(KindType) {
-		w.add(KindType, at, "want "+want+", got "+jsonKind(c))
+// mismatch reports a value starting with c where t (resolved with fl)
+// wants another kind; t == nil stands for a TextUnmarshaler.
+func (w *walker) mismatch(at int, t reflect.Type, fl int, c byte) {
+	if !w.room(KindType) {
+		return
 	}
+	want := "a string"
+	if t != nil {
+		want = w.describe(t, fl)
+	}
+	w.add(KindType, at, "want "+want+", got "+jsonKind(c))
 }
 
 func jsonKind(c byte) string {
@@ -426,14 +437,14 @@ func (w *walker) object(t reflect.Type, skip bool, start int) bool {
 		case k == reflect.Struct:
 			mode, si = mStruct, w.fields(t)
 		default:
-			w.mismatch(start, w.describe(t, fPlain), '{')
+			w.mismatch(start, t, fPlain, '{')
 		}
 	}
 	if !w.open() {
 		return false
 	}
-	var seen []int
-	var keys map[string]int
+	var seen []spot
+	var keys map[string]spot
 	switch mode {
 	case mStruct:
 		seen = w.seenAt(len(si.fields))
@@ -484,18 +495,17 @@ func (w *walker) object(t reflect.Type, skip bool, start int) bool {
 				w.unknown(si, ks, ke)
 			case !exact && w.room(KindCase):
 				msg := fmt.Sprintf("unknown field %s; did you mean %q? (names are case-sensitive)", w.keyText(ks, ke), si.fields[i].name)
-				if seen[i] >= 0 {
-					line, col := w.lineCol(seen[i])
-					msg += fmt.Sprintf("; that field is set already at line %d, column %d", line, col)
+				if seen[i].line > 0 {
+					msg += fmt.Sprintf("; that field is set already at line %d, column %d", seen[i].line, seen[i].col)
 				}
 				w.add(KindCase, ks, msg)
-			case exact && seen[i] >= 0:
+			case exact && seen[i].line > 0:
 				w.duplicate(ks, ke, seen[i], si.fields[i].name)
 			}
 			if i >= 0 {
 				f := &si.fields[i]
-				if seen[i] < 0 {
-					seen[i] = ks
+				if seen[i].line == 0 {
+					seen[i] = w.spot(ks)
 				}
 				if f.unsettable {
 					w.problem(KindType, ks, "field %q is promoted through an embedded pointer to an unexported struct, which cannot be set", f.name)
@@ -508,7 +518,7 @@ func (w *walker) object(t reflect.Type, skip bool, start int) bool {
 			if first, dup := keys[string(key)]; dup {
 				w.duplicate(ks, ke, first, "")
 			} else {
-				keys[string(key)] = ks
+				keys[string(key)] = w.spot(ks)
 			}
 			if mode == mMap {
 				w.mapKey(keyT, key, ks, ke)
@@ -550,33 +560,36 @@ func missingComma(c byte) string {
 
 // seenAt gives the object at the current depth its field table, reusing
 // the one of the last object at that depth.
-func (w *walker) seenAt(n int) []int {
+func (w *walker) seenAt(n int) []spot {
 	for len(w.seen) <= w.depth {
 		w.seen = append(w.seen, nil)
 	}
 	s := w.seen[w.depth]
 	if cap(s) < n {
-		s = make([]int, n)
+		s = make([]spot, n)
 		w.seen[w.depth] = s
 	}
 	s = s[:n]
-	for i := range s {
-		s[i] = -1
-	}
+	clear(s)
 	return s
 }
 
-func (w *walker) keysAt() map[string]int {
+func (w *walker) keysAt() map[string]spot {
 	for len(w.keys) <= w.depth {
 		w.keys = append(w.keys, nil)
 	}
 	m := w.keys[w.depth]
 	if m == nil {
-		m = map[string]int{}
+		m = map[string]spot{}
 		w.keys[w.depth] = m
 	}
 	clear(m)
 	return m
+}
+
+func (w *walker) spot(off int) spot {
+	line, col := w.lineCol(off)
+	return spot{line, col}
 }
 
 func (w *walker) unknown(si *structInfo, ks, ke int) {
@@ -601,16 +614,15 @@ func (w *walker) unknown(si *structInfo, ks, ke int) {
 
 // duplicate reports the key at ks as given already at first: a field set
 // twice, or else a key of a map or any-object.
-func (w *walker) duplicate(ks, ke, first int, field string) {
+func (w *walker) duplicate(ks, ke int, first spot, field string) {
 	if !w.room(KindDuplicate) {
 		return
 	}
-	line, col := w.lineCol(first)
 	what := "duplicate key " + w.keyText(ks, ke)
 	if field != "" {
 		what = fmt.Sprintf("field %q set twice", field)
 	}
-	w.add(KindDuplicate, ks, fmt.Sprintf("%s: first at line %d, column %d", what, line, col))
+	w.add(KindDuplicate, ks, fmt.Sprintf("%s: first at line %d, column %d", what, first.line, first.col))
 }
 
 // nearest names the field a mistyped key most likely meant, if any is
@@ -694,7 +706,7 @@ func (w *walker) array(t reflect.Type, skip bool, start int) bool {
 		case k == reflect.Array:
 			elemT, limit = t.Elem(), t.Len()
 		default:
-			w.mismatch(start, w.describe(t, fPlain), '[')
+			w.mismatch(start, t, fPlain, '[')
 		}
 	}
 	if !w.open() {
