@@ -117,9 +117,9 @@ type Problem struct {
 	// map keys are always `["key"]`; array elements are `[i]`. It is ""
 	// for the top-level value.
 	Path string
-	// Where the offending value, key or byte starts: Line and Column are
-	// 1-based (Column counts bytes, as Go's tools do), Offset is 0-based
-	// from the start of the input.
+	// Where the offending value, key or byte starts (for an early end of
+	// input, the end): Line and Column are 1-based (Column counts bytes,
+	// as Go's tools do), Offset is 0-based from the start of the input.
 	Line, Column, Offset int
 	Message              string
 }
@@ -180,13 +180,17 @@ func (e *Error) Error() string {
 // duplicates and types checked and positions kept; a value no shape
 // accepts is a type problem naming the shapes. A shape may be the type
 // itself: its own UnmarshalJSON is then ignored for the walk, so
-// []any{"", T{}} checks an object against T's fields. After a clean walk
-// UnmarshalJSON runs, and its error, if any, is a problem too.
+// []any{"", T{}} checks an object against T's fields. Then, unless the
+// walk found a value of the wrong type, UnmarshalJSON runs, and its error
+// is a problem too, so a type's own rules (say, ProxyProtocol is 1 or 2)
+// are reported with the rest.
 //
-// JSONShapes is called on a zero value. Types with UnmarshalJSON but
-// without JSONShapes are checked only by what UnmarshalJSON returns; one
-// that calls Unmarshal on its raw bytes returns an *Error, whose problems
-// are then placed within the outer input.
+// JSONShapes is called on a zero value, and only for types that have
+// UnmarshalJSON. Such types without JSONShapes are checked by what
+// UnmarshalJSON returns alone. The other seam: an UnmarshalJSON that calls
+// Unmarshal on the whole of its raw bytes returns an *Error, and its
+// problems are moved to their place in the outer input (path and
+// position), just as if the walk had found them.
 type Shaper interface {
 	JSONShapes() []any
 }
