@@ -277,6 +277,7 @@ func sentinel(v reflect.Value) {
 // own tokenizer.
 func hasDuplicateKey(data []byte) bool {
 	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber() // or 1e700 ends the tokens
 	type frame struct {
 		obj  bool
 		keys map[string]bool
