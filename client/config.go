@@ -16,10 +16,10 @@ import (
 
 // Config is the client's JSON config.
 type Config struct {
-	DebugLog                bool
-	LogFormat               string // "text" (default) or "json"
-	StateDir                string // keeps the key; PrivateKeyFile defaults to StateDir/client.key
-	ClientId string
+	DebugLog  bool
+	LogFormat string // "text" (default) or "json"
+	StateDir  string // keeps the key; PrivateKeyFile defaults to StateDir/client.key
+	ClientId  string
 	// The one server of a single-server config: the same as a Servers
 	// list of one. Giving both forms is an error.
 	ServerHost              string
@@ -27,9 +27,9 @@ type Config struct {
 	ServerPublicKey         string
 	// Servers are the servers the client attaches to, all at once; SOCKS5
 	// egress leaves from the first of them that is connected.
-	Servers        []Server `json:",omitempty"`
-	PrivateKeyFile string // generated (0600) if missing
-	ServiceToLocalAddrMap   map[string]string
+	Servers               []Server `json:",omitempty"`
+	PrivateKeyFile        string   // generated (0600) if missing
+	ServiceToLocalAddrMap map[string]string
 	// Socks5ListenAddress is a local host:port for applications to use as
 	// their SOCKS5 proxy; their connections leave from the server. Off if empty.
 	Socks5ListenAddress string
