@@ -34,7 +34,9 @@ const (
 	// resolveBackoffMin, doubling up to resolveBackoffMax: a home server
 	// that boots before its network finds its servers once it is up.
 	resolveBackoffMin = time.Second
-	resolveBackoffMax = 30 * time.Second
+	resolveBackoffMax = 10 * time.Second
+	// A failing lookup is warned about at once, then at most this often.
+	resolveWarnEvery = time.Minute
 	// A server not connected for warnAfter gets a warning that names the
 	// likely causes; it is repeated after warnRepeatMin, doubling up to
 	// warnRepeatMax, until the server answers.
@@ -78,12 +80,13 @@ type link struct {
 	lastPong atomic.Int64 // unix nanos of the last heartbeat answer
 	relayed  connSet      // SOCKS5 connections relayed through this server
 
-	mu          sync.Mutex // guards what follows
-	endpoint    netip.AddrPort
-	state       linkState
-	since       time.Time // when state began
-	resolveErr  error     // the last failed lookup, while resolving
-	everConnect bool
+	mu            sync.Mutex // guards what follows
+	endpoint      netip.AddrPort
+	state         linkState
+	since         time.Time // when state began
+	downSince     time.Time // when the server was last found not answering (or the link started)
+	resolveErr    error     // the last failed lookup, while resolving
+	resolveWarned time.Time
 }
 
 // newLink builds the stack, device, connector and sockets for one server;
@@ -98,8 +101,9 @@ func newLink(c *Client, i int, srv Server, onClose func(func() error)) (l *link,
 		log:       c.log.With("server", srv.String()),
 		changed:   c.notify,
 		state:     stateResolving,
-		since:     time.Now(),
 	}
+	l.since = time.Now()
+	l.downSince = l.since
 	l.serverKey, _ = wg.ParseKey(srv.ServerPublicKey) // checked
 	if a, err := netip.ParseAddr(srv.ServerHost); err == nil {
 		l.endpoint = netip.AddrPortFrom(a.Unmap(), uint16(srv.ServerTunnelControlPort))
@@ -114,8 +118,12 @@ func newLink(c *Client, i int, srv Server, onClose func(func() error)) (l *link,
 		return nil, err
 	}
 	onClose(l.dev.Close) // before the stack's: the device closes its TUN itself
-	if err = l.dev.SetPeer(l.peer(l.endpoint)); err != nil {
-		return nil, err
+	// Until the server has an address it is no peer at all: wireguard-go
+	// would only complain that it has nowhere to send.
+	if l.endpoint.IsValid() {
+		if err = l.dev.SetPeer(l.peer(l.endpoint)); err != nil {
+			return nil, err
+		}
 	}
 	if l.connLn, err = l.stack.ListenTCP(netip.AddrPortFrom(netip.IPv6Unspecified(), forward.ConnectorPort)); err != nil {
 		return nil, fmt.Errorf("listening in the tunnel: %w", err)
@@ -165,16 +173,6 @@ func (l *link) connected() bool {
 	return time.Since(time.Unix(0, l.lastPong.Load())) < control.DefaultHeartbeatTimeout
 }
 
-func (l *link) setState(s linkState, now time.Time) {
-	l.mu.Lock()
-	l.state, l.since = s, now
-	if s == stateConnected {
-		l.everConnect = true
-	}
-	l.mu.Unlock()
-	l.changed()
-}
-
 func (l *link) currentEndpoint() netip.AddrPort {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -182,18 +180,18 @@ func (l *link) currentEndpoint() netip.AddrPort {
 }
 
 // run resolves the server until it has an address, sends heartbeats, and
-// judges the server from their answers: it logs each change, explains a
-// server that does not answer, forces handshakes while it does not, and
-// looks its name up again when it has been silent for long.
+// notices when their answers stop (readPongs notices when they start): it
+// logs each change, explains a server that does not answer, forces
+// handshakes while it does not, and looks its name up again when it has
+// been silent for long.
 func (l *link) run(ctx context.Context) {
 	t := time.NewTicker(heartbeatInterval)
 	defer t.Stop()
 	start := time.Now()
-	downSince := start // when the server was last known not to answer
 	nextResolve, backoff := start, time.Duration(0)
 	lastResolve := start
-	nextWarn, warnEvery := start.Add(warnAfter), warnRepeatMin
-	up := false
+	var nextWarn time.Time // zero while connected
+	warnEvery := warnRepeatMin
 	for seq := uint64(1); ; seq++ {
 		now := time.Now()
 		ep := l.currentEndpoint()
@@ -216,21 +214,21 @@ func (l *link) run(ctx context.Context) {
 		case <-t.C:
 		}
 		now = time.Now()
-		if l.connected() != up {
-			up = !up
-			if up {
-				l.log.Info("connected to server", "endpoint", ep, "after", now.Sub(downSince).Round(time.Millisecond))
-				l.setState(stateConnected, now)
-				nextWarn, warnEvery = time.Time{}, warnRepeatMin
-			} else {
-				downSince = now
-				l.log.Warn("server not answering; retrying", "endpoint", ep)
-				l.setState(stateDisconnected, now)
-				nextWarn = now.Add(warnAfter)
-			}
+		if !l.connected() {
+			l.markDown(now)
 		}
-		if up || !ep.IsValid() {
+		l.mu.Lock()
+		up, downSince := l.state == stateConnected, l.downSince
+		l.mu.Unlock()
+		if up {
+			nextWarn, warnEvery = time.Time{}, warnRepeatMin
 			continue
+		}
+		if nextWarn.IsZero() {
+			nextWarn = downSince.Add(warnAfter)
+		}
+		if !ep.IsValid() {
+			continue // resolve warns by itself
 		}
 		// The server may have restarted and lost our session: it drops
 		// what we send under the old keys until we handshake again.
@@ -247,6 +245,35 @@ func (l *link) run(ctx context.Context) {
 			l.reresolve(ctx)
 		}
 	}
+}
+
+// markUp records that the server answered; the first answer after none
+// is logged, with how long the client waited for it.
+func (l *link) markUp(now time.Time) {
+	l.mu.Lock()
+	if l.state == stateConnected {
+		l.mu.Unlock()
+		return
+	}
+	l.state, l.since = stateConnected, now
+	waited, ep := now.Sub(l.downSince), l.endpoint
+	l.mu.Unlock()
+	l.log.Info("connected to server", "endpoint", ep, "after", waited.Round(time.Millisecond))
+	l.changed()
+}
+
+// markDown records that a connected server stopped answering.
+func (l *link) markDown(now time.Time) {
+	l.mu.Lock()
+	if l.state != stateConnected {
+		l.mu.Unlock()
+		return
+	}
+	l.state, l.since, l.downSince = stateDisconnected, now, now
+	ep := l.endpoint
+	l.mu.Unlock()
+	l.log.Warn("server not answering; retrying", "endpoint", ep)
+	l.changed()
 }
 
 // explain warns that the server has not answered for waited, naming what
@@ -291,16 +318,20 @@ func (l *link) peerStats() (wg.PeerStats, bool) {
 
 // resolve looks the server's name up for the first time and, on success,
 // gives the device its endpoint. It warns at the first failure and then
-// once the retries have slowed to resolveBackoffMax, not at each retry.
+// every resolveWarnEvery, not at each retry.
 func (l *link) resolve(ctx context.Context, retryIn time.Duration) error {
 	ep, err := resolveServer(ctx, l.srv.ServerHost, l.srv.ServerTunnelControlPort)
 	if err != nil {
+		now := time.Now()
 		l.mu.Lock()
-		first := l.resolveErr == nil
 		l.resolveErr = err
+		warn := now.Sub(l.resolveWarned) >= resolveWarnEvery
+		if warn {
+			l.resolveWarned = now
+		}
 		l.mu.Unlock()
 		level := slog.LevelDebug
-		if first || retryIn >= resolveBackoffMax {
+		if warn {
 			level = slog.LevelWarn
 		}
 		l.log.Log(ctx, level, "cannot look up the server's address; retrying", "err", err, "retry_in", retryIn)
@@ -312,8 +343,11 @@ func (l *link) resolve(ctx context.Context, retryIn time.Duration) error {
 	}
 	l.mu.Lock()
 	l.endpoint, l.resolveErr = ep, nil
+	if l.state == stateResolving {
+		l.state, l.since = stateConnecting, time.Now()
+	}
 	l.mu.Unlock()
-	l.setState(stateConnecting, time.Now())
+	l.changed()
 	l.log.Info("server address found", "endpoint", ep)
 	return nil
 }
@@ -382,7 +416,9 @@ func (l *link) readPongs(ctx context.Context) {
 			continue
 		}
 		if forward.IsPing(buf[:n]) {
-			l.lastPong.Store(time.Now().UnixNano())
+			now := time.Now()
+			l.lastPong.Store(now.UnixNano())
+			l.markUp(now)
 		}
 	}
 }
