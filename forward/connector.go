@@ -114,6 +114,11 @@ func (c *Connector) handle(conn net.Conn) {
 		refuse(fmt.Errorf("%w: %q", ErrUnknownService, req.Service), log)
 		return
 	}
+	if req.Check != nil {
+		c.answerCheck(conn, req, addr, log)
+		s.close()
+		return
+	}
 	ctx, cancel := context.WithTimeout(c.life.ctx, c.cfg.DialTimeout)
 	backend, err := c.cfg.Dial(ctx, "tcp", addr)
 	cancel()

@@ -4,6 +4,8 @@
 package mgmt
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,7 +21,8 @@ import (
 
 // Backend is what the API drives (control.Plane). Errors wrapping
 // control.ErrInvalid become 400, control.ErrNotFound 404,
-// control.ErrConflict 409, anything else 500; a *control.Problems lists
+// control.ErrConflict 409, control.ErrBusy 429, anything else 500; a
+// *control.Problems lists
 // its problems.
 type Backend interface {
 	Tunnels() []forward.Tunnel
@@ -27,6 +30,8 @@ type Backend interface {
 	Clients() map[string]control.ClientStatus
 	PutClient(clientID string, reg control.Registration) (control.ClientStatus, error)
 	DeleteClient(clientID string) error
+	CheckTunnels(ctx context.Context, sel []forward.CheckSelector) ([]forward.CheckResult, error)
+	ArmCheck(forward.ArmRequest) (forward.ArmedCheck, error)
 }
 
 // errRequest classifies a request the API could not read.
@@ -56,6 +61,8 @@ func NewHandler(b Backend, log *slog.Logger, opts Options) (http.Handler, error)
 	api.HandleFunc("GET /clients", a.getClients)
 	api.HandleFunc("PUT /clients/{id}", a.putClient)
 	api.HandleFunc("DELETE /clients/{id}", a.deleteClient)
+	api.HandleFunc("POST /tunnels/check", a.checkTunnels)
+	api.HandleFunc("POST /tunnels/check/arm", a.armCheck)
 	if opts.Metrics != nil {
 		api.Handle("GET /metrics", promhttp.HandlerFor(opts.Metrics, promhttp.HandlerOpts{}))
 	}
@@ -83,8 +90,9 @@ func NewHandler(b Backend, log *slog.Logger, opts Options) (http.Handler, error)
 }
 
 type api struct {
-	b   Backend
-	log *slog.Logger
+	b      Backend
+	log    *slog.Logger
+	checks bucket // rate limit of the check endpoints
 }
 
 type errorBody struct {
@@ -105,15 +113,7 @@ func (a *api) reply(w http.ResponseWriter, r *http.Request, code int, v any) {
 }
 
 func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
-	code := http.StatusInternalServerError
-	switch {
-	case errors.Is(err, control.ErrNotFound):
-		code = http.StatusNotFound
-	case errors.Is(err, control.ErrInvalid):
-		code = http.StatusBadRequest
-	case errors.Is(err, control.ErrConflict):
-		code = http.StatusConflict
-	}
+	code := statusFor(err)
 	body := errorBody{Error: err.Error()}
 	var pe *control.Problems
 	if errors.As(err, &pe) {
@@ -130,13 +130,22 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 
 // decode reads exactly one JSON value with no unknown fields.
 func decode(w http.ResponseWriter, r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			return fmt.Errorf("%w request: body larger than %d bytes", errRequest, MaxBodyBytes)
 		}
+		return fmt.Errorf("%w request: %v", errRequest, err)
+	}
+	return decodeBytes(body, v)
+}
+
+// decodeBytes reads exactly one JSON value with no unknown fields.
+func decodeBytes(body []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("%w request: malformed JSON: %v", errRequest, err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
