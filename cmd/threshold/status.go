@@ -307,7 +307,6 @@ func bytesString(n uint64) string {
 	return fmt.Sprintf("%.2f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }
 
-
 func dash(s string) string {
 	if s == "" {
 		return "-"
