@@ -232,3 +232,42 @@ func TestMultiServer(t *testing.T) {
 		t.Errorf("the client's logs do not show the SOCKS5 order")
 	}
 }
+
+// TestMultiServerOneDown: a server that never answers slows no other: the
+// client attaches to the one that does at once, serves it, and sends
+// SOCKS5 through it.
+func TestMultiServerOneDown(t *testing.T) {
+	t.Parallel()
+	ck := newKey(t)
+	live := startServerWith(t, map[string]wg.Key{"home": ck}, map[string]any{"Socks5AllowCIDRs": []string{"127.0.0.1/32"}})
+	dead := &server{key: newKey(t), tunnelPort: freePort(t, "udp")} // nothing listens there
+	be := startBackend(t, "web", false)
+	socks, status := tcpAddr(freePort(t, "tcp")), tcpAddr(freePort(t, "tcp"))
+	start := time.Now()
+	cl := startMultiClient(t, []*server{dead, live}, "home", ck, map[string]string{"web": be.addr},
+		map[string]any{"Socks5ListenAddress": socks, "StatusListenAddress": status})
+	live.waitState(t, "home", "ClientConnected", 5*time.Second)
+	t.Logf("attached to the live server %s after start, the first one dead", time.Since(start).Round(10*time.Millisecond))
+	port := freePort(t, "tcp")
+	live.mustPutTunnels(t, []tunnel{{ListenAddress: "127.0.0.1", ListenPort: port, BackEndService: "web", ClientId: "home"}})
+	mustExchange(t, tcpAddr(port), "web")
+	dest := sourceEcho(t)
+	if _, err := socksSource(socks, dest); err != nil {
+		t.Fatalf("SOCKS5 with the first server dead: %v", err)
+	}
+	st, err := getStatus(status)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Servers[0].State != "connecting" || st.Servers[1].State != "connected" || st.Socks5.Current != fmt.Sprintf("127.0.0.1:%d", live.tunnelPort) {
+		t.Errorf("status: %+v", st)
+	}
+	// The dead one is explained, the live one is not.
+	warn := waitLog(t, cl.proc, 15*time.Second, noHandshake)
+	if !strings.Contains(warn, fmt.Sprintf("server=127.0.0.1:%d", dead.tunnelPort)) {
+		t.Errorf("the warning does not name the dead server: %s", warn)
+	}
+	if n := logCount(cl.logs.String(), noHandshake); n != 1 {
+		t.Errorf("%d warnings, want the dead server's one", n)
+	}
+}
