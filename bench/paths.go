@@ -30,13 +30,17 @@ type proc struct {
 	err  error
 }
 
-func startProc(name, logPath, bin string, args ...string) (*proc, error) {
+// startProc starts bin with args, its output going to logPath. A non-empty
+// prefix is a command that runs it, such as ["ip", "netns", "exec", "NS"]
+// (which execs bin in place, so the pid stays the program's own).
+func startProc(name, logPath string, prefix []string, bin string, args ...string) (*proc, error) {
 	f, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
 	p := &proc{name: name, log: logPath, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
+	argv := append(append(append([]string(nil), prefix...), bin), args...)
+	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Stdout, p.cmd.Stderr = f, f
 	// Die with the bench, whatever happens to it.
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -254,7 +258,7 @@ func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 		if err := os.WriteFile(cfgPath, data, 0o600); err != nil {
 			return nil, err
 		}
-		p, err := startProc("threshold "+role, filepath.Join(dir, role+".log"), t.bin, role, "--config", cfgPath)
+		p, err := startProc("threshold "+role, filepath.Join(dir, role+".log"), nil, t.bin, role, "--config", cfgPath)
 		if err != nil {
 			return nil, err
 		}
@@ -334,7 +338,7 @@ func (s *stockPath) start(backendAddr string) (_ *instance, err error) {
 			in.stop()
 		}
 	}()
-	srv, err := startProc("stock server", filepath.Join(dir, "server.log"), s.bin, "-mode", "server",
+	srv, err := startProc("stock server", filepath.Join(dir, "server.log"), nil, s.bin, "-mode", "server",
 		"-private", hexKey(serverKey), "-peer", hexKey(clientKey.PublicKey()),
 		"-wg-port", strconv.Itoa(wgPort), "-listen", in.addr)
 	if err != nil {
@@ -356,7 +360,7 @@ func (s *stockPath) start(backendAddr string) (_ *instance, err error) {
 	}); err != nil {
 		return nil, err
 	}
-	cli, err := startProc("stock client", filepath.Join(dir, "client.log"), s.bin, "-mode", "client",
+	cli, err := startProc("stock client", filepath.Join(dir, "client.log"), nil, s.bin, "-mode", "client",
 		"-private", hexKey(clientKey), "-peer", hexKey(serverKey.PublicKey()),
 		"-endpoint", fmt.Sprintf("127.0.0.1:%d", wgPort), "-backend", backendAddr)
 	if err != nil {
