@@ -51,6 +51,7 @@ type options struct {
 	paths       []string
 	tests       []string
 	bin         string
+	beforeBin   string
 	perfDir     string
 	settle      time.Duration
 	keep        bool
@@ -137,6 +138,7 @@ func parseOptions(args []string) (*options, error) {
 	paths := fs.String("paths", "", "paths to measure (default: "+strings.Join(allPaths, ",")+" and every -peer)")
 	tests := fs.String("tests", strings.Join(allTests, ","), "tests to run: "+strings.Join(allTests, ","))
 	fs.StringVar(&o.bin, "bin", "", "use this threshold binary instead of building ./cmd/threshold")
+	fs.StringVar(&o.beforeBin, "before", "", "also measure this threshold `BINARY` (say, built from an earlier commit) as the path \"before\", side by side")
 	fs.StringVar(&o.perfDir, "perf", "", "record `perf` profiles of the tunnel processes during the first run's tests into this directory (perturbs the figures)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (binaries, configs, logs)")
 	if err := fs.Parse(args); err != nil {
@@ -188,6 +190,9 @@ func parseOptions(args []string) (*options, error) {
 	}
 	o.peers = peers
 	known := slices.Clone(allPaths)
+	if o.beforeBin != "" {
+		known = append(known, "before")
+	}
 	for _, p := range peers {
 		known = append(known, p.kind)
 	}
@@ -236,6 +241,7 @@ type bench struct {
 	backend   *backend
 	threshold *thresholdPath
 	stock     *stockPath
+	before    *thresholdPath // -before
 	peerRuns  int // peer instances started, for directory names
 	live      []*instance
 	started   time.Time
@@ -350,7 +356,15 @@ func (b *bench) build() error {
 		} else {
 			b.res.build = "the binary given with -bin (" + bin + ")"
 		}
-		b.threshold = &thresholdPath{bin: bin, dir: b.dir}
+		b.threshold = &thresholdPath{name: "threshold", bin: bin, dir: b.dir}
+	}
+	if b.has(b.opts.paths, "before") {
+		bin, err := filepath.Abs(b.opts.beforeBin)
+		if err != nil {
+			return err
+		}
+		b.before = &thresholdPath{name: "before", bin: bin, dir: b.dir}
+		b.res.peerInfo = append(b.res.peerInfo, "before: the threshold binary "+bin+" given with -before")
 	}
 	for _, p := range b.opts.peers {
 		if b.has(b.opts.paths, p.kind) {
@@ -414,6 +428,8 @@ func (b *bench) startPath(name string) (*instance, error) {
 		in, err = b.threshold.start(b.backend.addr())
 	case "stock":
 		in, err = b.stock.start(b.backend.addr())
+	case "before":
+		in, err = b.before.start(b.backend.addr())
 	case "direct":
 		return &instance{path: "direct", addr: b.backend.addr()}, nil
 	default:

@@ -193,13 +193,14 @@ func ready(addr string, timeout time.Duration) error {
 // --- threshold ---
 
 type thresholdPath struct {
+	name     string // the path's name: threshold, or before (-before)
 	bin, dir string
 	n        int // instances started, for file names
 }
 
 func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 	t.n++
-	dir := filepath.Join(t.dir, fmt.Sprintf("threshold-%d", t.n))
+	dir := filepath.Join(t.dir, fmt.Sprintf("%s-%d", t.name, t.n))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -238,7 +239,7 @@ func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 		"ServerPublicKey": serverKey.PublicKey().String(), "PrivateKeyFile": filepath.Join(dir, "client.key"),
 		"ServiceToLocalAddrMap": map[string]string{"bench": backendAddr},
 	}
-	in := &instance{path: "threshold", addr: fmt.Sprintf("127.0.0.1:%d", publicPort)}
+	in := &instance{path: t.name, addr: fmt.Sprintf("127.0.0.1:%d", publicPort)}
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("%w\n%s", err, in.logs())
@@ -258,7 +259,7 @@ func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 		if err := os.WriteFile(cfgPath, data, 0o600); err != nil {
 			return nil, err
 		}
-		p, err := startProc("threshold "+role, filepath.Join(dir, role+".log"), nil, t.bin, role, "--config", cfgPath)
+		p, err := startProc(t.name+" "+role, filepath.Join(dir, role+".log"), nil, t.bin, role, "--config", cfgPath)
 		if err != nil {
 			return nil, err
 		}
