@@ -11,7 +11,7 @@ import (
 
 // The backend's modes, chosen by the first byte a connection sends.
 const (
-	modeSink   = 'S' // read to EOF, then answer the byte count (8 bytes, big endian)
+	modeSink = 'S' // read to EOF, then answer the byte count (8 bytes, big endian)
 	// modeFramed reads frames (a 4-byte big-endian length, then that many
 	// bytes) up to one of length zero, then answers the byte count of the
 	// frames, headers included (8 bytes, big endian). Uploads use it, not

@@ -37,26 +37,27 @@ import (
 )
 
 type options struct {
-	runs        int
-	quick       bool
-	out         string
-	bulk        time.Duration
-	rateDur     time.Duration
-	pings       int
-	idle        []int
-	streams     int
-	workers     int
-	maxBytes    int64
-	maxConns    int64
-	paths       []string
-	tests       []string
-	bin         string
-	beforeBin   string
-	perfDir     string
-	settle      time.Duration
-	keep        bool
-	peers       []peerSpec
-	commandLine string
+	runs         int
+	quick        bool
+	out          string
+	bulk         time.Duration
+	rateDur      time.Duration
+	pings        int
+	idle         []int
+	streams      int
+	workers      int
+	maxBytes     int64
+	maxConns     int64
+	paths        []string
+	tests        []string
+	bin          string
+	beforeBin    string
+	thresholdEnv []string
+	perfDir      string
+	settle       time.Duration
+	keep         bool
+	peers        []peerSpec
+	commandLine  string
 }
 
 // peerFlags collects repeated -peer flags.
@@ -133,6 +134,13 @@ func parseOptions(args []string) (*options, error) {
 	fs.IntVar(&o.workers, "workers", 32, "concurrent workers of the short-connection test")
 	fs.Int64Var(&o.maxBytes, "max-bytes", 32<<30, "cap on the bytes of one bulk stream")
 	fs.Int64Var(&o.maxConns, "max-conns", 200000, "cap on the connections of one short-connection run")
+	fs.Func("threshold-env", "set `KEY=VALUE` in the environment of the threshold path's processes only (not -before's); repeatable", func(s string) error {
+		if k, _, ok := strings.Cut(s, "="); !ok || k == "" {
+			return fmt.Errorf("%q: want KEY=VALUE", s)
+		}
+		o.thresholdEnv = append(o.thresholdEnv, s)
+		return nil
+	})
 	var peers peerFlags
 	fs.Var(&peers, "peer", "also measure a peer tunnel, `NAME=SERVER_BINARY,CLIENT_BINARY` (NAME: frp); repeatable")
 	paths := fs.String("paths", "", "paths to measure (default: "+strings.Join(allPaths, ",")+" and every -peer)")
@@ -242,7 +250,7 @@ type bench struct {
 	threshold *thresholdPath
 	stock     *stockPath
 	before    *thresholdPath // -before
-	peerRuns  int // peer instances started, for directory names
+	peerRuns  int            // peer instances started, for directory names
 	live      []*instance
 	started   time.Time
 }
@@ -356,7 +364,10 @@ func (b *bench) build() error {
 		} else {
 			b.res.build = "the binary given with -bin (" + bin + ")"
 		}
-		b.threshold = &thresholdPath{name: "threshold", bin: bin, dir: b.dir}
+		b.threshold = &thresholdPath{name: "threshold", bin: bin, dir: b.dir, env: b.opts.thresholdEnv}
+		if len(b.opts.thresholdEnv) > 0 {
+			b.res.build += " (environment " + strings.Join(b.opts.thresholdEnv, " ") + ")"
+		}
 	}
 	if b.has(b.opts.paths, "before") {
 		bin, err := filepath.Abs(b.opts.beforeBin)

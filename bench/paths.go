@@ -34,6 +34,11 @@ type proc struct {
 // prefix is a command that runs it, such as ["ip", "netns", "exec", "NS"]
 // (which execs bin in place, so the pid stays the program's own).
 func startProc(name, logPath string, prefix []string, bin string, args ...string) (*proc, error) {
+	return startProcEnv(name, logPath, nil, prefix, bin, args...)
+}
+
+// startProcEnv is startProc with extra KEY=VALUE environment variables.
+func startProcEnv(name, logPath string, env, prefix []string, bin string, args ...string) (*proc, error) {
 	f, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
@@ -42,6 +47,9 @@ func startProc(name, logPath string, prefix []string, bin string, args ...string
 	argv := append(append(append([]string(nil), prefix...), bin), args...)
 	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Stdout, p.cmd.Stderr = f, f
+	if len(env) > 0 {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	// Die with the bench, whatever happens to it.
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
@@ -193,7 +201,8 @@ func ready(addr string, timeout time.Duration) error {
 // --- threshold ---
 
 type thresholdPath struct {
-	name     string // the path's name: threshold, or before (-before)
+	name     string   // the path's name: threshold, or before (-before)
+	env      []string // extra environment of the processes (-threshold-env)
 	bin, dir string
 	n        int // instances started, for file names
 }
@@ -259,7 +268,7 @@ func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 		if err := os.WriteFile(cfgPath, data, 0o600); err != nil {
 			return nil, err
 		}
-		p, err := startProc(t.name+" "+role, filepath.Join(dir, role+".log"), nil, t.bin, role, "--config", cfgPath)
+		p, err := startProcEnv(t.name+" "+role, filepath.Join(dir, role+".log"), t.env, nil, t.bin, role, "--config", cfgPath)
 		if err != nil {
 			return nil, err
 		}
