@@ -493,6 +493,10 @@ func (c *replayConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
+// NetConn is the wrapped connection, for Join's readiness waits (reads
+// still go through the wrapper, so the replayed bytes come first).
+func (c *replayConn) NetConn() net.Conn { return c.Conn }
+
 // CloseWrite shuts the write half of the connection, reaching through
 // wrappers that expose Raw(); without CloseWrite it closes the connection.
 func (c *replayConn) CloseWrite() error {

@@ -313,19 +313,20 @@ func fullAddr(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber
 
 // DialTCP opens a TCP connection through the stack. A peer that never
 // answers makes it wait for ctx, so callers should always bound ctx.
-func (s *Stack) DialTCP(ctx context.Context, to netip.AddrPort) (*gonet.TCPConn, error) {
+func (s *Stack) DialTCP(ctx context.Context, to netip.AddrPort) (*TCPConn, error) {
 	fa, proto := fullAddr(to)
-	return gonet.DialContextTCP(ctx, s.stack, fa, proto)
+	return s.dialTCP(ctx, fa, proto)
 }
 
-// ListenTCP listens on the stack. Use the unspecified address of a family to
-// accept on all of the stack's addresses of that family.
+// ListenTCP listens on the stack; it accepts *TCPConn. Use the unspecified
+// address of a family to accept on all of the stack's addresses of that
+// family.
 func (s *Stack) ListenTCP(at netip.AddrPort) (net.Listener, error) {
 	fa, proto := fullAddr(at)
 	if at.Addr().IsUnspecified() {
 		fa.Addr = tcpip.Address{}
 	}
-	return gonet.ListenTCP(s.stack, fa, proto)
+	return s.listenTCP(fa, proto)
 }
 
 // ListenUDP opens an unconnected UDP socket on the stack.
