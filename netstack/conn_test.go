@@ -7,6 +7,9 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 func TestNotifyReadable(t *testing.T) {
@@ -91,4 +94,63 @@ func TestNotifyReadable(t *testing.T) {
 	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Accept after Close: %v", err)
 	}
+}
+
+// A full link queue makes senders wait instead of dropping, and Close
+// releases them.
+func TestLinkBackPressure(t *testing.T) {
+	l := newLink(2, 1420, true)
+	mk := func() *stack.PacketBuffer {
+		return stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(make([]byte, 100))})
+	}
+	var list stack.PacketBufferList
+	for range 3 {
+		list.PushBack(mk())
+	}
+	done := make(chan int, 1)
+	go func() {
+		n, _ := l.WritePackets(list)
+		done <- n
+	}()
+	select {
+	case n := <-done:
+		t.Fatalf("WritePackets returned %d with the queue full", n)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if p := l.pop(); p == nil {
+		t.Fatal("nothing queued")
+	} else {
+		p.DecRef()
+	}
+	select {
+	case n := <-done:
+		if n != 3 {
+			t.Fatalf("wrote %d of 3", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("sender not released by room in the queue")
+	}
+	list.DecRef()
+	// The queue is full again (2); a further write waits until Close.
+	var more stack.PacketBufferList
+	more.PushBack(mk())
+	go func() {
+		n, _ := l.WritePackets(more)
+		done <- n
+	}()
+	time.Sleep(50 * time.Millisecond)
+	l.Close()
+	select {
+	case n := <-done:
+		if n != 0 {
+			t.Fatalf("wrote %d after Close", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("sender not released by Close")
+	}
+	more.DecRef()
+	if l.pop() != nil {
+		t.Fatal("Close kept packets")
+	}
+	l.Close()
 }

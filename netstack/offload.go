@@ -5,7 +5,6 @@ import (
 	"sync"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 )
@@ -18,45 +17,6 @@ import (
 // computed nor verified: WireGuard's AEAD already rejects any packet that
 // was altered, so they would only cost a pass over every byte.
 const gsoMaxSize = 1<<16 - 1
-
-// link is a channel endpoint that also keeps the stack's dispatcher, for GRO.
-type link struct {
-	*channel.Endpoint
-	offload bool
-
-	mu         sync.RWMutex
-	dispatcher stack.NetworkDispatcher
-}
-
-func newLink(queueLen, mtu int, offload bool) *link {
-	l := &link{Endpoint: channel.New(queueLen, uint32(mtu), ""), offload: offload}
-	if offload {
-		l.LinkEPCapabilities = stack.CapabilityRXChecksumOffload | stack.CapabilityTXChecksumOffload
-	}
-	return l
-}
-
-func (l *link) Attach(d stack.NetworkDispatcher) {
-	l.mu.Lock()
-	l.dispatcher = d
-	l.mu.Unlock()
-	l.Endpoint.Attach(d)
-}
-
-func (l *link) GSOMaxSize() uint32 { return gsoMaxSize }
-
-func (l *link) SupportedGSO() stack.SupportedGSO {
-	if l.offload {
-		return stack.HostGSOSupported
-	}
-	return stack.GSONotSupported
-}
-
-func (l *link) dispatcherNow() stack.NetworkDispatcher {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.dispatcher
-}
 
 // groPool holds GRO state for concurrent Write calls (one per WireGuard
 // peer); each Write flushes before it returns its GRO to the pool.
