@@ -1,8 +1,3 @@
-// Package forward carries TCP connections between the public side of a
-// threshold server and the local services of a threshold client: public
-// listeners and their routing (Gateway), the client end that connects to
-// named local services (Connector), the header that links the two, and the
-// bidirectional copy with half-close that both use (Join).
 package forward
 
 import (
