@@ -190,8 +190,7 @@ func (l *link) run(ctx context.Context) {
 	start := time.Now()
 	nextResolve, backoff := start, time.Duration(0)
 	lastResolve := start
-	var nextWarn time.Time // zero while connected
-	warnEvery := warnRepeatMin
+	var warn warnSchedule
 	for seq := uint64(1); ; seq++ {
 		now := time.Now()
 		ep := l.currentEndpoint()
@@ -221,11 +220,8 @@ func (l *link) run(ctx context.Context) {
 		up, downSince := l.state == stateConnected, l.downSince
 		l.mu.Unlock()
 		if up {
-			nextWarn, warnEvery = time.Time{}, warnRepeatMin
+			warn.reset()
 			continue
-		}
-		if nextWarn.IsZero() {
-			nextWarn = downSince.Add(warnAfter)
 		}
 		if !ep.IsValid() {
 			continue // resolve warns by itself
@@ -236,15 +232,38 @@ func (l *link) run(ctx context.Context) {
 		if err := l.dev.Rehandshake(l.serverKey); err != nil {
 			l.log.Debug("forcing a handshake", "err", err)
 		}
-		if !now.Before(nextWarn) {
+		if warn.due(now, downSince) {
 			l.explain(now.Sub(downSince), downSince)
-			nextWarn, warnEvery = now.Add(warnEvery), min(2*warnEvery, warnRepeatMax)
 		}
 		if now.Sub(downSince) > reresolveAfter && now.Sub(lastResolve) > reresolveAfter {
 			lastResolve = now
 			l.reresolve(ctx)
 		}
 	}
+}
+
+// warnSchedule says when a server that does not answer is explained:
+// warnAfter after it stopped (or the link started), then after
+// warnRepeatMin, doubling up to warnRepeatMax.
+type warnSchedule struct {
+	next  time.Time // zero: not scheduled since the last reset
+	every time.Duration
+}
+
+// reset starts over, for the next time the server stops answering.
+func (w *warnSchedule) reset() { *w = warnSchedule{} }
+
+// due reports whether to warn now about a server silent since downSince,
+// and if so schedules the next warning.
+func (w *warnSchedule) due(now, downSince time.Time) bool {
+	if w.next.IsZero() {
+		w.next, w.every = downSince.Add(warnAfter), warnRepeatMin
+	}
+	if now.Before(w.next) {
+		return false
+	}
+	w.next, w.every = now.Add(w.every), min(2*w.every, warnRepeatMax)
+	return true
 }
 
 // markUp records that the server answered; the first answer after none
