@@ -204,7 +204,7 @@ type wanBench struct {
 	topo    *topology
 	emu     *emulator
 	backend *backend
-	port    int // the backend's port on the home host
+	port    int           // the backend's port on the home host
 	ids     atomic.Uint64 // of counted uploads
 	tunnels map[string]tunnelPath
 	inst    map[string]*instance
