@@ -18,6 +18,9 @@
 //	go run ./bench -out report.md
 //
 // Every load is bounded in count and time, and all traffic stays on 127.0.0.1.
+//
+// With -wan (root only) it measures instead across an emulated home-to-VPS
+// link between network namespaces it makes and removes: see wan.go.
 package main
 
 import (

@@ -229,7 +229,7 @@ func removeStale() ([]string, error) {
 		if !ok || err != nil || pid <= 0 {
 			continue // not one of ours
 		}
-		if pid != os.Getpid() && syscall.Kill(pid, 0) != syscall.ESRCH {
+		if syscall.Kill(pid, 0) != syscall.ESRCH {
 			continue // its bench still runs (or the PID is someone else's now: leave it)
 		}
 		if _, err := runCmd("ip", "netns", "del", name); err != nil {

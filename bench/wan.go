@@ -213,6 +213,7 @@ type wanBench struct {
 	notes   []string
 	started time.Time
 	clean   sync.Once
+	mu      sync.Mutex // guards emu and inst against cleanup from the signal handler
 }
 
 // linkTotal sums the emulator's counters over a scenario's runs.
@@ -271,6 +272,8 @@ func (w *wanBench) note(format string, args ...any) {
 // and from the signal handler.
 func (w *wanBench) cleanup() {
 	w.clean.Do(func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
 		for _, in := range w.inst {
 			in.stop()
 		}
@@ -358,13 +361,17 @@ func (w *wanBench) startLink(run, si int, sc scenario) error {
 	if err != nil {
 		return err
 	}
+	w.mu.Lock()
 	w.emu = emu
+	w.mu.Unlock()
 	direct := fmt.Sprintf("%s:%d", wanHomeIP, w.port)
 	if err := ready(w.topo.srv.dial, direct, 15*time.Second); err != nil {
 		return fmt.Errorf("the emulated link does not carry TCP: %w", err)
 	}
 	if _, ok := w.inst["direct"]; !ok {
+		w.mu.Lock()
 		w.inst["direct"] = &instance{path: "direct", addr: direct}
+		w.mu.Unlock()
 	}
 	for _, p := range w.o.paths {
 		if p == "direct" || w.inst[p] != nil {
@@ -375,15 +382,20 @@ func (w *wanBench) startLink(run, si int, sc scenario) error {
 		if err != nil {
 			return fmt.Errorf("starting the %s path: %w", p, err)
 		}
+		w.mu.Lock()
 		w.inst[p] = in
+		w.mu.Unlock()
 		w.progress("%s path up: the user connects to %s in %s (pids %v)", p, in.addr, w.topo.srv.ns, in.pids())
 	}
 	return nil
 }
 
 func (w *wanBench) stopLink(sc scenario, started time.Time) error {
-	st, err := w.emu.stop()
+	w.mu.Lock()
+	emu := w.emu
 	w.emu = nil
+	w.mu.Unlock()
+	st, err := emu.stop()
 	if err != nil {
 		return err
 	}
