@@ -208,11 +208,10 @@ func (d *direction) run(stop *atomic.Bool) {
 	}
 }
 
-// poll waits up to d for a frame to arrive. Unlike unix.Ppoll it
+// poll waits up to wait for a frame to arrive. Unlike unix.Ppoll it
 // allocates nothing (its arguments live in d): the loop must not allocate,
-// or the garbage collector's stop-the-world pauses, which wait for threads
-// of normal priority, would hold frames up by tens of milliseconds on a
-// busy machine.
+// or garbage collection would come back, and its stop-the-world pauses
+// held frames up by tens of milliseconds on a busy machine.
 func (d *direction) poll(wait time.Duration) error {
 	d.ts = unix.NsecToTimespec(wait.Nanoseconds())
 	_, _, e := unix.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&d.fds[0])), 1, uintptr(unsafe.Pointer(&d.ts)), 0, 0, 0)
@@ -283,8 +282,9 @@ func runLink(args []string) int {
 	}
 	// More Ps than goroutines that want one, so that a loop coming back
 	// from ppoll always finds its P (or an idle one) at once instead of
-	// waiting for a thread of normal priority to give one back: that wait
-	// made 1% of frames leave 10-100 ms late on a busy machine.
+	// waiting for another thread to give one back (with GOMAXPROCS 2 and
+	// no real-time priority, that wait made 1% of frames leave 10-100 ms
+	// late on a busy machine).
 	runtime.GOMAXPROCS(max(8, runtime.NumCPU()))
 	sa, err := openPacketSock(*a)
 	if err != nil {
@@ -317,9 +317,10 @@ func runLink(args []string) int {
 		go func() { defer wg.Done(); d.run(&stop) }()
 	}
 	// No garbage collection while bridging: the loops allocate nothing
-	// once their buffers exist, and a collection's stop-the-world ends only
-	// when a thread of normal priority gets to finish it. The memory limit
-	// brings collection back should something allocate after all.
+	// once their buffers exist, and a collection's stop-the-world would
+	// stop them (for as long as the thread finishing it waits for a CPU).
+	// The memory limit brings collection back should something allocate
+	// after all.
 	runtime.GC()
 	debug.SetGCPercent(-1)
 	debug.SetMemoryLimit(512 << 20)
