@@ -842,3 +842,48 @@ func TestUDPIdleSessionMemory(t *testing.T) {
 		t.Errorf("an idle session costs %.0f bytes of heap", perSession)
 	}
 }
+
+// TestUDPWildcardRepliesFromTheAddressUsed: a tunnel on every address
+// answers from the address each user wrote to, and names it in the PROXY
+// header. A user writing to 127.0.0.2 gets nothing from 127.0.0.1 (the
+// kernel's own choice of source for a reply to 127.0.0.1).
+func TestUDPWildcardRepliesFromTheAddressUsed(t *testing.T) {
+	ftCheckGoroutines(t)
+	be := startUDPBackend(t)
+	r := newUDPRig(t, map[string]map[string]string{"a": {"echo": be.addr}}, nil)
+	port := freeUDPPort(t)
+	tu := udpTunnel(port, "echo", "a")
+	tu.ListenAddress = ""
+	tu.HaProxyProxyProtocol = true
+	r.apply(tu)
+	for _, ip := range []string{"127.0.0.1", "127.0.0.2", "::1"} {
+		u, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(ip), uint16(port))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer u.Close()
+		if ip == "::1" {
+			// Where the host has no IPv6 loopback, skip that address only.
+			if _, err := u.Write([]byte("probe")); err != nil {
+				t.Logf("no IPv6 loopback here: %v", err)
+				continue
+			}
+			u.SetReadDeadline(time.Now().Add(ftPrompt))
+			u.Read(make([]byte, 64))
+		}
+		mustAsk(t, u, "to "+ip)
+		var last udpSeen
+		for _, s := range be.saw() {
+			if string(s.data) == "to "+ip {
+				last = s
+			}
+		}
+		if last.header == nil {
+			t.Fatalf("%s: no PROXY header seen", ip)
+		}
+		src, dst, _ := last.header.UDPAddrs()
+		if dst.String() != net.JoinHostPort(ip, fmt.Sprint(port)) || src.String() != u.LocalAddr().String() {
+			t.Errorf("PROXY header %s -> %s, user %s -> %s", src, dst, u.LocalAddr(), u.RemoteAddr())
+		}
+	}
+}
