@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -369,7 +370,7 @@ func (c *Change) Commit() error {
 	for _, l := range c.opened {
 		l := l
 		if g.life.goServe(l.ln, func(conn net.Conn) { g.handle(l, conn) }) {
-			g.log.Info("now listening", "address", l.ln.Addr().String())
+			g.log.Info("now listening", "address", l.ln.Addr().String(), "tunnels", describe(c.routes[l.key]))
 		}
 	}
 	for _, l := range c.openedUDP {
@@ -397,6 +398,16 @@ func (c *Change) Commit() error {
 		}
 	}
 	return nil
+}
+
+// describe names the tunnels of one listener for a log line: host name
+// glob, service and clients.
+func describe(ts []Tunnel) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = fmt.Sprintf("%s -> %s on %s", t.ListenHostnameGlob, t.BackEndService, strings.Join(t.Clients(), ","))
+	}
+	return out
 }
 
 // Apply replaces the whole tunnel list: Prepare, then Commit. Either every

@@ -76,6 +76,9 @@ func New(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if store == nil {
+		log.Warn("no StateDir: tunnels, and clients registered through the API, live in memory only and are lost when the server restarts; set StateDir to keep them")
+	}
 	if s.key, err = keyfile.Load(cfg.PrivateKeyFile, log); err != nil {
 		return nil, err
 	}

@@ -135,6 +135,9 @@ func (d *demo) run() error {
 		ServiceToLocalAddrMap: map[string]string{"fooService": backend.Addr().String()},
 	}
 
+	// Shown as they run, defaults filled in.
+	serverCfg.FillDefaults()
+	clientCfg.FillDefaults()
 	d.say("\nStarting the tunnel server with tunnel control port (UDP): %d, management port: %d", tunnelPort, mgmtPort)
 	if err := d.start(exe, "server", serverCfg); err != nil {
 		return err
