@@ -375,7 +375,7 @@ func (c *Change) Commit() error {
 	}
 	for _, l := range c.openedUDP {
 		if l.start() {
-			g.log.Info("now listening", "address", l.key)
+			g.log.Info("now listening", "address", l.key, "tunnels", describe(c.routes[l.key]))
 		}
 	}
 	g.mu.Unlock()
@@ -405,7 +405,11 @@ func (c *Change) Commit() error {
 func describe(ts []Tunnel) []string {
 	out := make([]string, len(ts))
 	for i, t := range ts {
-		out[i] = fmt.Sprintf("%s -> %s on %s", t.ListenHostnameGlob, t.BackEndService, strings.Join(t.Clients(), ","))
+		what := t.ListenHostnameGlob
+		if t.IsUDP() {
+			what = "udp"
+		}
+		out[i] = fmt.Sprintf("%s -> %s on %s", what, t.BackEndService, strings.Join(t.Clients(), ","))
 	}
 	return out
 }
