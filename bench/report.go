@@ -221,6 +221,7 @@ func (r *results) render(o *options) string {
 			r.cell(row.metric, "threshold"), r.cell(row.metric, "direct"), r.cell(row.metric, "stock"),
 			r.ratio(row.metric, "threshold", "direct"), r.ratio(row.metric, "threshold", "stock"))
 	}
+	w("%s", r.udpTable())
 	w("\n### Targets\n\n| target | measured | result |\n|---|---|---|\n")
 	pass, total := 0, 0
 	for _, t := range r.targets() {

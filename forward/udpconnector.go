@@ -351,10 +351,18 @@ func (s *clientSession) refuse(reason byte) {
 func (s *clientSession) pcWrite(b []byte) (int, error) { return s.pc.WriteTo(b, s.to) }
 
 // run dials the service, then relays its replies until the session ends.
+// The replies are relayed by a goroutine of their own, started once the
+// dial is done: the dial's deep call stack would otherwise stay with the
+// goroutine that waits, idle, for the rest of the session.
 func (s *clientSession) run() {
 	c := s.c
-	defer s.close()
-	defer c.remove(s)
+	relaying := false
+	defer func() {
+		if !relaying {
+			c.remove(s)
+			s.close()
+		}
+	}()
 	ctx, cancel := context.WithTimeout(c.life.ctx, c.cfg.DialTimeout)
 	conn, err := c.cfg.Dial(ctx, "udp", s.addr)
 	cancel()
@@ -379,7 +387,16 @@ func (s *clientSession) run() {
 		copy(b[len(s.header):], p)
 		s.send(b, len(s.header), len(b))
 	}
-	s.relayReplies(conn)
+	if !c.life.enter() {
+		return
+	}
+	relaying = true
+	go func() {
+		defer c.life.leave()
+		defer s.close()
+		defer c.remove(s)
+		s.relayReplies(conn)
+	}()
 }
 
 // relayReplies reads the service's datagrams and sends each to the server
