@@ -33,9 +33,6 @@ const (
 	// reresolveAfter: when the server has not answered for this long, look
 	// its host name up again in case its address changed.
 	reresolveAfter = 30 * time.Second
-	// udpBuffer is the buffer size, each way, of the socket that takes UDP
-	// tunnels' frames inside the tunnel.
-	udpBuffer = 4 << 20
 )
 
 // Client is a running threshold client.
@@ -130,7 +127,7 @@ func (c *Client) startTunnel() (err error) {
 		return fmt.Errorf("listening in the tunnel: %w", err)
 	}
 	c.onClose(c.connLn.Close)
-	if c.udpPC, err = c.stack.ListenUDPBuffered(netip.AddrPortFrom(netip.IPv6Unspecified(), forward.UDPConnectorPort), udpBuffer); err != nil {
+	if c.udpPC, err = c.stack.ListenUDP(netip.AddrPortFrom(netip.IPv6Unspecified(), forward.UDPConnectorPort)); err != nil {
 		return fmt.Errorf("listening for UDP in the tunnel: %w", err)
 	}
 	c.onClose(c.udpPC.Close)

@@ -163,8 +163,15 @@ func (g *Gateway) openUDP(t Tunnel) (*udpListener, error) {
 	return l, nil
 }
 
-// udpSocketBuffer is the socket buffer size asked for, each way.
-const udpSocketBuffer = 4 << 20
+// udpSocketBuffer is the buffer size asked for, each way, of a UDP
+// tunnel's public socket (the kernel caps it at net.core.rmem_max and
+// wmem_max). Deep buffers only add delay: a datagram relay that falls
+// behind should drop, not queue. The sockets inside the tunnel keep the
+// stack's default 212 KiB, which holds one wireguard-go batch of full
+// packets: measured at 10,000 datagrams/s on two busy cores, 4 MiB there
+// made a standing queue of 47-95 ms (p50 round trip) where the default
+// has 1.1-1.4 ms, with no loss either way.
+const udpSocketBuffer = 1 << 20
 
 // start serves the listener with three goroutines the Gateway's Close
 // waits for; it reports false (and closes l) if the Gateway is stopping.

@@ -192,9 +192,10 @@ func (s *Server) startForwarders(policy forward.EgressPolicy) (err error) {
 		Observe:     s.metrics.observe,
 		Rejected:    func(reason string) { s.metrics.rejected.WithLabelValues(reason).Inc() },
 		Logger:      s.log.With("component", "gateway"),
-		// Each UDP tunnel's frames leave from a port of their own.
+		// Each UDP tunnel's frames leave from a port of their own, with
+		// the stack's default buffers (see forward.udpSocketBuffer).
 		TunnelPacket: func() (net.PacketConn, error) {
-			return s.stack.ListenUDPBuffered(netip.AddrPortFrom(wg.ServerAddr, 0), udpTunnelBuffer)
+			return s.stack.ListenUDP(netip.AddrPortFrom(wg.ServerAddr, 0))
 		},
 		TunnelMTU:  mtuOf(s.stack),
 		ObserveUDP: s.metrics.observeUDP,
@@ -218,10 +219,6 @@ func (s *Server) startForwarders(policy forward.EgressPolicy) (err error) {
 	s.onClose(s.egress.Close)
 	return nil
 }
-
-// udpTunnelBuffer is the buffer size, each way, of the sockets that carry
-// UDP tunnels' frames inside the tunnel.
-const udpTunnelBuffer = 4 << 20
 
 func mtuOf(st *netstack.Stack) int {
 	mtu, _ := st.MTU()
