@@ -27,8 +27,8 @@ import (
 //   - 5,000 datagrams/s of 1,200 bytes (one tunnel packet) and of 1,452
 //     bytes (what a WireGuard tunnel inside ours sends: two fragments in
 //     ours), for what fragmentation costs;
-//   - then idle sessions (udpIdleSessions), for the memory each costs
-//     the server and the client.
+//   - then idle sessions (udpIdleSessions) on fresh processes, for the
+//     memory each costs the server and the client.
 //
 // Each load runs for -rate-dur. The stock path has no UDP.
 const (
@@ -195,7 +195,18 @@ func (b *bench) udpTest(in *instance) (string, error) {
 	}
 
 	if in.path == "threshold" {
-		srv, cli, err := u.idleCost(in, target)
+		// On fresh processes: memory a load freed is reused, not returned.
+		fresh, err := b.startPath("threshold")
+		if err != nil {
+			return "", err
+		}
+		defer b.stopPath(fresh)
+		freshTarget, err := u.tunnel(fresh)
+		if err != nil {
+			return "", err
+		}
+		defer delete(u.targets, fresh)
+		srv, cli, err := u.idleCost(fresh, freshTarget)
 		if err != nil {
 			return "", err
 		}
@@ -408,8 +419,9 @@ func udpLoad(target string, sessions, rate, size int, dur time.Duration) (udpRes
 }
 
 // idleCost opens udpIdleSessions sessions (one datagram each, answered)
-// and reads what they add to each process's RSS, in KB per session; then
-// it closes them by taking the tunnel out and back in.
+// on an instance that has carried nothing else and reads what they add to
+// each process's RSS, in KB per session; then it closes them by taking
+// the tunnel out and back in.
 func (u *udpBench) idleCost(in *instance, target string) (server, client float64, err error) {
 	if len(in.procs) != 2 {
 		return 0, 0, errors.New("the threshold path needs a server and a client process")
@@ -474,7 +486,7 @@ func (r *results) udpTable() string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	w("\n### UDP\n\n")
-	w("%d sessions, each a connected socket; each load runs for -rate-dur on an absolute schedule; loss = datagrams not echoed back of those sent; round trip measured per datagram. Fragmentation: a 1,452-byte datagram is 2 fragments in the tunnel (MTU 1420), a 1,200-byte one is 1 packet. Idle sessions: %d opened with one answered datagram each, RSS growth per session per process.\n\n", udpSessions, udpIdleSessions)
+	w("%d sessions, each a connected socket; each load runs for -rate-dur on an absolute schedule; loss = datagrams not echoed back of those sent; round trip measured per datagram. Fragmentation: a 1,452-byte datagram is 2 fragments in the tunnel (MTU 1420), a 1,200-byte one is 1 packet. Idle sessions: %d opened with one answered datagram each on fresh processes, RSS growth per session per process.\n\n", udpSessions, udpIdleSessions)
 	w("| metric | threshold | direct | threshold/direct |\n|---|---|---|---|\n")
 	for _, row := range []row{
 		{mUDPLightL, fmt.Sprintf("loss at %d datagrams/s offered, %d B (%%)", udpLightRate, udpSmall)},
