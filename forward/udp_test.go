@@ -887,3 +887,52 @@ func TestUDPWildcardRepliesFromTheAddressUsed(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkUDPFraming is the per-datagram cost of the self-describing
+// header: writing it in front of a payload on the server, and parsing it
+// and looking the session's service up on the client.
+func BenchmarkUDPFraming(b *testing.B) {
+	hdr, err := dataHeader(udpSession{id: 7, idle: 120 * time.Second, service: []byte("dns"),
+		src: netip.MustParseAddrPort("203.0.113.9:40000")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	services := map[string]string{"dns": "127.0.0.1:5353"}
+	buf := make([]byte, udpMaxDataHeader+256)
+	b.SetBytes(256)
+	for b.Loop() {
+		start := udpMaxDataHeader - len(hdr)
+		copy(buf[start:], hdr)
+		s, payload, err := parseData(buf[start:])
+		if err != nil || len(payload) != 256 {
+			b.Fatal(err)
+		}
+		if _, ok := services[string(s.service)]; !ok {
+			b.Fatal("no service")
+		}
+	}
+}
+
+// TestTunnelsCountLiveTCPConnections: GET /tunnels' ActiveSessions counts
+// a TCP tunnel's live connections too.
+func TestTunnelsCountLiveTCPConnections(t *testing.T) {
+	s := ftNewSetup(t, 0)
+	count := func() int {
+		ts := s.h.gw.Tunnels()
+		if len(ts) != 1 || ts[0].ActiveSessions == nil {
+			t.Fatalf("Tunnels() = %+v", ts)
+		}
+		return *ts[0].ActiveSessions
+	}
+	if n := count(); n != 0 {
+		t.Fatalf("ActiveSessions %d before any connection", n)
+	}
+	a, b := ftDialPublic(t, s.tunnel.ListenPort), ftDialPublic(t, s.tunnel.ListenPort)
+	ftEcho(t, a, "one")
+	ftEcho(t, b, "two")
+	if n := count(); n != 2 {
+		t.Errorf("ActiveSessions %d with two live connections", n)
+	}
+	a.Close()
+	waitFor(t, "the closed connection to leave the count", func() bool { return count() == 1 })
+}
