@@ -52,6 +52,8 @@ type UDPConnector struct {
 	log  *slog.Logger
 	life lifecycle
 
+	refusedLog quietLog // refusals come per datagram
+
 	mu       sync.Mutex
 	sessions map[clientKey]*clientSession
 	closed   bool
@@ -224,11 +226,15 @@ func (c *UDPConnector) data(pc net.PacketConn, from net.Addr, buf []byte, n int)
 func (c *UDPConnector) begin(pc net.PacketConn, from net.Addr, key clientKey, h udpSession) (*clientSession, byte) {
 	addr, ok := c.cfg.Services[string(h.service)]
 	if !ok {
-		c.log.Info("UDP session refused: no such service", "service", string(h.service), "from", h.src)
+		c.refusedLog.do(func(more int) {
+			c.log.Warn("UDP session refused: no such service", "service", string(h.service), "from", h.src, "refused_since_last_line", more)
+		})
 		return nil, udpRefuseUnknownService
 	}
 	if len(c.sessions) >= c.cfg.MaxSessions {
-		c.log.Warn("UDP session refused: too many sessions", "max", c.cfg.MaxSessions, "from", h.src)
+		c.refusedLog.do(func(more int) {
+			c.log.Warn("UDP session refused: too many sessions", "max", c.cfg.MaxSessions, "from", h.src, "refused_since_last_line", more)
+		})
 		return nil, udpRefuseSessionCap
 	}
 	s := &clientSession{
@@ -333,7 +339,9 @@ func (s *clientSession) send(buf []byte, start, end int) {
 // counts; the user's next datagram starts a new one.
 func (s *clientSession) failed(err error) {
 	if errors.Is(err, syscall.ECONNREFUSED) {
-		s.c.log.Info("UDP session ended: the service refused it", "service", s.service, "backend", s.addr, "from", s.src)
+		s.c.refusedLog.do(func(more int) {
+			s.c.log.Warn("UDP session ended: the service refused it", "service", s.service, "backend", s.addr, "from", s.src, "refused_since_last_line", more)
+		})
 		s.refuse(udpRefuseBackendUnreachable)
 		return
 	}
@@ -367,7 +375,9 @@ func (s *clientSession) run() {
 	conn, err := c.cfg.Dial(ctx, "udp", s.addr)
 	cancel()
 	if err != nil {
-		c.log.Info("UDP session refused: the service cannot be reached", "service", s.service, "backend", s.addr, "err", err)
+		c.refusedLog.do(func(more int) {
+			c.log.Warn("UDP session refused: the service cannot be reached", "service", s.service, "backend", s.addr, "err", err, "refused_since_last_line", more)
+		})
 		s.refuse(udpRefuseBackendUnreachable)
 		return
 	}

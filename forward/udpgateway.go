@@ -112,6 +112,9 @@ type udpListener struct {
 	tunnel atomic.Pointer[Tunnel]
 	obs    UDPObserver
 	log    *slog.Logger
+	// Refusals come per datagram: they are logged at most every
+	// refusalLogEvery, and counted always.
+	refusedLog quietLog
 	// unfragmented is the largest frame that crosses the tunnel whole.
 	unfragmented int
 
@@ -282,6 +285,9 @@ func (l *udpListener) fromUser(buf []byte, n int, key udpKey) {
 		if s, reason = l.begin(key, dir); s == nil {
 			if reason != "" {
 				l.obs.Refused(reason)
+				l.refusedLog.do(func(more int) {
+					l.log.Warn("UDP session refused", "from", key.src, "reason", reason, "clients", l.tunnel.Load().Clients(), "refused_since_last_line", more)
+				})
 			}
 			return
 		}
@@ -476,7 +482,9 @@ func (l *udpListener) readTunnel() {
 			}
 			if l.end(s, false) {
 				l.obs.Refused(reason)
-				l.log.Info("UDP session refused by the client", "from", s.key.src, "client", s.client, "reason", reason)
+				l.refusedLog.do(func(more int) {
+					l.log.Warn("UDP session refused by the client", "from", s.key.src, "client", s.client, "reason", reason, "refused_since_last_line", more)
+				})
 			}
 		case frameTooBig:
 			l.obs.Dropped(DropOversized)
@@ -540,4 +548,25 @@ func (l *udpListener) closeClient(id string) int {
 func udpAddrPort(a net.Addr) netip.AddrPort {
 	ap := addrPortOf(a)
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// refusalLogEvery spaces the log lines about refused datagrams.
+const refusalLogEvery = 10 * time.Second
+
+// quietLog runs a log call at most once per refusalLogEvery, telling it how
+// many were skipped since the last one: a flood of refused datagrams must
+// not become a flood of log lines.
+type quietLog struct {
+	next    atomic.Int64 // unix nanos before which nothing is logged
+	skipped atomic.Int64
+}
+
+func (q *quietLog) do(log func(skipped int)) {
+	now := time.Now().UnixNano()
+	next := q.next.Load()
+	if now < next || !q.next.CompareAndSwap(next, now+int64(refusalLogEvery)) {
+		q.skipped.Add(1)
+		return
+	}
+	log(int(q.skipped.Swap(0)))
 }
