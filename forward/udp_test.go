@@ -936,3 +936,24 @@ func TestTunnelsCountLiveTCPConnections(t *testing.T) {
 	a.Close()
 	waitFor(t, "the closed connection to leave the count", func() bool { return count() == 1 })
 }
+
+// TestUDPBackendDownRefused: a service that is not listening (ICMP port
+// unreachable) ends the session on the client, which the server counts;
+// the client keeps no socket for it.
+func TestUDPBackendDownRefused(t *testing.T) {
+	ftCheckGoroutines(t)
+	dead := fmt.Sprintf("127.0.0.1:%d", freeUDPPort(t))
+	r := newUDPRig(t, map[string]map[string]string{"a": {"dead": dead}}, nil)
+	port := freeUDPPort(t)
+	key := r.apply(udpTunnel(port, "dead", "a"))[0].ListenKey()
+	u := user(t, port)
+	if got := ask(t, u, []byte("hello?"), 300*time.Millisecond); got != "" {
+		t.Fatalf("a dead service answered %q", got)
+	}
+	waitFor(t, "the refusal to be counted", func() bool {
+		return r.obs.get(func(c *udpCounts) int { return c.refused[RejectBackendUnreachable] }) >= 1
+	})
+	waitFor(t, "the session to end on both sides", func() bool {
+		return sessionsOf(r.gw, key) == 0 && r.conns["a"].Sessions() == 0
+	})
+}
