@@ -718,3 +718,32 @@ func TestUDPDnsmasq(t *testing.T) {
 		t.Errorf("dnsmasq did not log the query:\n%s", dns.logs.String())
 	}
 }
+
+// TestUDPLargeDatagrams: datagrams above the tunnel MTU (a WireGuard
+// packet's 1,452 bytes, and up to 60,000) are fragmented inside the tunnel
+// and arrive whole both ways, counted; one too large for UDP once framed
+// is dropped and counted, and the session goes on.
+func TestUDPLargeDatagrams(t *testing.T) {
+	t.Parallel()
+	const svc = "large-datagrams" // 15 bytes: a 65,507-byte datagram no longer fits once framed
+	srv, _, _ := udpSetup(t, func(e *udpEcho) map[string]string { return map[string]string{svc: e.addr} })
+	port := freePort(t, "udp")
+	srv.mustPutTunnels(t, []tunnel{udpT(port, svc, "home")})
+	u := udpUser(t, port)
+	mustUDPAsk(t, u, "small first", "echo")
+	for i, size := range []int{1452, 8000, 60000} {
+		msg := fmt.Sprintf("%d:", i) + strings.Repeat("w", size-2)
+		if got := mustUDPAsk(t, u, msg, "echo"); got == "" {
+			t.Fatalf("%d bytes: no peer", size)
+		}
+	}
+	route := fmt.Sprintf("127.0.0.1:%d/udp", port)
+	if n := srv.metric(t, fmt.Sprintf(`threshold_udp_datagrams_fragmented_total{tunnel=%q}`, route)); n != 6 {
+		t.Errorf("%v datagrams counted fragmented, want 6 (3 each way)", n)
+	}
+	udpRefused(t, u, strings.Repeat("o", 65507))
+	if n := srv.metric(t, fmt.Sprintf(`threshold_udp_datagrams_dropped_total{reason="oversized",tunnel=%q}`, route)); n != 1 {
+		t.Errorf("%v datagrams dropped as oversized, want 1", n)
+	}
+	mustUDPAsk(t, u, "still fine", "echo")
+}
