@@ -1,5 +1,6 @@
-// Package forward carries TCP connections and UDP sessions between the public side of a
-// threshold server and the local services of a threshold client.
+// Package forward carries TCP connections and UDP sessions between the
+// public side of a threshold server and the local services of a threshold
+// client.
 //
 // On the server, the Gateway holds one public listener per address and port
 // and matches each connection to one of the tunnels there (gateway.go, with
