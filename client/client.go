@@ -127,7 +127,7 @@ func (c *Client) startTunnel() (err error) {
 		return fmt.Errorf("listening in the tunnel: %w", err)
 	}
 	c.onClose(c.connLn.Close)
-	if c.udpPC, err = c.stack.ListenUDP(netip.AddrPortFrom(netip.IPv6Unspecified(), forward.UDPConnectorPort)); err != nil {
+	if c.udpPC, err = c.stack.ListenUDPBuffered(netip.AddrPortFrom(netip.IPv6Unspecified(), forward.UDPConnectorPort), forward.UDPTunnelSocketBuffer); err != nil {
 		return fmt.Errorf("listening for UDP in the tunnel: %w", err)
 	}
 	c.onClose(c.udpPC.Close)

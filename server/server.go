@@ -192,10 +192,9 @@ func (s *Server) startForwarders(policy forward.EgressPolicy) (err error) {
 		Observe:     s.metrics.observe,
 		Rejected:    func(reason string) { s.metrics.rejected.WithLabelValues(reason).Inc() },
 		Logger:      s.log.With("component", "gateway"),
-		// Each UDP tunnel's frames leave from a port of their own, with
-		// the stack's default buffers (see forward.udpSocketBuffer).
+		// Each UDP tunnel's frames leave from a port of their own.
 		TunnelPacket: func() (net.PacketConn, error) {
-			return s.stack.ListenUDP(netip.AddrPortFrom(wg.ServerAddr, 0))
+			return s.stack.ListenUDPBuffered(netip.AddrPortFrom(wg.ServerAddr, 0), forward.UDPTunnelSocketBuffer)
 		},
 		TunnelMTU:  mtuOf(s.stack),
 		ObserveUDP: s.metrics.observeUDP,
