@@ -176,10 +176,10 @@ const udpSocketBuffer = 1 << 20
 // client's one). Deep buffers only add delay once the relay falls behind:
 // a relay should drop then, not queue. Measured on two busy cores, 4 MiB
 // made a standing queue of 47-95 ms (p50 round trip at 10,000 datagrams/s
-// of 256 bytes) where 212 KiB (the stack's default) had 1.1-1.4 ms; but
-// 212 KiB lost 0.08-0.73% of 1,452-byte datagrams at 5,000/s in 5 of 6
-// runs (a scheduling hiccup overflows it), 512 KiB and 1 MiB none in 12,
-// with the same round trips.
+// of 256 bytes) where 256 KiB had 1.1-1.4 ms; but 212 KiB (the stack's
+// default) lost 0.08-0.73% of 1,452-byte datagrams at 5,000/s in 5 of 6
+// runs (a scheduling hiccup overflows it), 512 KiB and 1 MiB none in 6
+// runs each, with the same round trips.
 const UDPTunnelSocketBuffer = 512 << 10
 
 // start serves the listener with three goroutines the Gateway's Close
