@@ -58,8 +58,8 @@ const (
 // link is the client's attachment to one server: a TCP/IP stack and a
 // WireGuard device of its own (every server is wg.ServerAddr inside its
 // tunnel, so one device with a peer per server would overlap), the
-// connector serving that server's tunneled connections from the shared
-// service map, and the heartbeats that tell whether the server is there.
+// connectors serving that server's tunneled connections and UDP sessions
+// from the shared service map, and the heartbeats that tell whether the server is there.
 // Links share nothing but the service map and the SOCKS5 port, so a server
 // that is down slows no other.
 type link struct {
@@ -75,6 +75,8 @@ type link struct {
 	dev    *wg.Device
 	conn   *forward.Connector
 	connLn net.Listener
+	udp    *forward.UDPConnector
+	udpPC  net.PacketConn
 	hb     net.Conn
 
 	lastPong atomic.Int64 // unix nanos of the last heartbeat answer
@@ -129,6 +131,10 @@ func newLink(c *Client, i int, srv Server, onClose func(func() error)) (l *link,
 		return nil, fmt.Errorf("listening in the tunnel: %w", err)
 	}
 	onClose(l.connLn.Close)
+	if l.udpPC, err = l.stack.ListenUDPBuffered(netip.AddrPortFrom(netip.IPv6Unspecified(), forward.UDPConnectorPort), forward.UDPTunnelSocketBuffer); err != nil {
+		return nil, fmt.Errorf("listening for UDP in the tunnel: %w", err)
+	}
+	onClose(l.udpPC.Close)
 	if l.hb, err = l.stack.DialUDP(netip.AddrPortFrom(wg.ServerAddr, forward.HeartbeatPort)); err != nil {
 		return nil, fmt.Errorf("heartbeat socket: %w", err)
 	}
@@ -137,6 +143,10 @@ func newLink(c *Client, i int, srv Server, onClose func(func() error)) (l *link,
 		return nil, err
 	}
 	onClose(l.conn.Close)
+	if l.udp, err = forward.NewUDPConnector(forward.UDPConnectorConfig{Services: c.cfg.ServiceToLocalAddrMap, Logger: l.log.With("component", "udp")}); err != nil {
+		return nil, err
+	}
+	onClose(l.udp.Close)
 	onClose(func() error { l.relayed.closeAll(); return nil })
 	return l, nil
 }
@@ -162,8 +172,9 @@ func (l *link) announce() {
 
 // serve runs the link's goroutines on wg until ctx ends.
 func (l *link) serve(ctx context.Context, wg *sync.WaitGroup) {
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); l.conn.Serve(l.connLn) }()
+	go func() { defer wg.Done(); l.udp.Serve(l.udpPC) }()
 	go func() { defer wg.Done(); l.readPongs(ctx) }()
 	go func() { defer wg.Done(); l.run(ctx) }()
 }

@@ -50,9 +50,11 @@ type ServerStatus struct {
 	LastHeartbeat *time.Time `json:",omitempty"`
 	// BytesIn and BytesOut are WireGuard's encrypted byte counters.
 	BytesIn, BytesOut uint64
-	// Connections are the tunneled connections from this server, and
-	// Socks5Connections the SOCKS5 connections relayed through it, now.
+	// Connections are the tunneled connections from this server,
+	// UDPSessions its UDP sessions, and Socks5Connections the SOCKS5
+	// connections relayed through it, now.
 	Connections       int
+	UDPSessions       int
 	Socks5Connections int
 	// LastError is why the server has no address yet, if it has none.
 	LastError string `json:",omitempty"`
@@ -134,6 +136,7 @@ func (l *link) status() ServerStatus {
 		s.LastHeartbeat = &t
 	}
 	s.Connections = l.conn.Live()
+	s.UDPSessions = l.udp.Sessions()
 	s.Socks5Connections = l.relayed.count()
 	return s
 }

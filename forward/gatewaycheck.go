@@ -108,6 +108,7 @@ type CheckResult struct {
 // CheckSelector names tunnels to check: each field that is set must
 // match.
 type CheckSelector struct {
+	Protocol           string `json:",omitempty"` // "tcp" or "udp"
 	ListenAddress      string `json:",omitempty"`
 	ListenPort         int    `json:",omitempty"`
 	ListenHostnameGlob string `json:",omitempty"`
@@ -124,7 +125,8 @@ func (s CheckSelector) matches(t Tunnel) bool {
 			return false
 		}
 	}
-	return (s.ListenPort == 0 || s.ListenPort == t.ListenPort) &&
+	return (s.Protocol == "" || strings.EqualFold(s.Protocol, t.Protocol)) &&
+		(s.ListenPort == 0 || s.ListenPort == t.ListenPort) &&
 		(s.ListenHostnameGlob == "" || strings.EqualFold(s.ListenHostnameGlob, t.ListenHostnameGlob)) &&
 		(s.BackEndService == "" || s.BackEndService == t.BackEndService) &&
 		(s.ClientId == "" || containsString(t.Clients(), s.ClientId))
@@ -214,7 +216,7 @@ func (g *Gateway) checkTunnel(ctx context.Context, t Tunnel, src, dst netip.Addr
 	stop := context.AfterFunc(ctx, func() { up.Close() })
 	defer stop()
 	res.ClientId = peer.ID
-	req := Request{Service: t.BackEndService, Source: src, Destination: dst, Check: &CheckRequest{Token: token}}
+	req := Request{Service: t.BackEndService, Source: src, Destination: dst, Check: &CheckRequest{Token: token, UDP: t.IsUDP()}}
 	_ = up.SetWriteDeadline(time.Now().Add(g.cfg.DialTimeout))
 	sent := time.Now()
 	if err := WriteRequest(up, req); err != nil {
@@ -342,8 +344,10 @@ func (g *Gateway) ArmCheck(req ArmRequest) (ArmedCheck, error) {
 	}
 	g.mu.Unlock()
 	switch {
+	case len(found) == 0 && g.hasUDPPort(req.ListenPort):
+		return ArmedCheck{}, &problem{kind: ErrNoTunnel, msg: fmt.Sprintf("port %d has a UDP tunnel, which an outside probe cannot reach (it speaks TCP); POST /tunnels/check checks UDP tunnels through their clients", req.ListenPort)}
 	case len(found) == 0:
-		return ArmedCheck{}, &problem{kind: ErrNoTunnel, msg: fmt.Sprintf("no tunnel listens on port %d%s", req.ListenPort, addressSuffix(req.ListenAddress))}
+		return ArmedCheck{}, &problem{kind: ErrNoTunnel, msg: fmt.Sprintf("no TCP tunnel listens on port %d%s", req.ListenPort, addressSuffix(req.ListenAddress))}
 	case len(found) > 1:
 		return ArmedCheck{}, &problem{kind: ErrInvalid, msg: fmt.Sprintf("tunnels listen on port %d at several addresses: name ListenAddress", req.ListenPort)}
 	}
@@ -380,6 +384,16 @@ func (g *Gateway) ArmCheck(req ArmRequest) (ArmedCheck, error) {
 	t.ActiveClientId = g.cfg.Directory().Active(t)
 	g.log.Info("reachability check armed", "tunnel", t.RouteKey(), "probe", probe)
 	return ArmedCheck{Token: encodeToken(token), Probe: probe, ExpiresInSeconds: CheckTokenTTL.Seconds(), Tunnel: t}, nil
+}
+
+// hasUDPPort reports whether a UDP tunnel listens on port.
+func (g *Gateway) hasUDPPort(port int) bool {
+	for _, t := range g.Tunnels() {
+		if t.IsUDP() && t.ListenPort == port {
+			return true
+		}
+	}
+	return false
 }
 
 func addressSuffix(a string) string {

@@ -135,7 +135,7 @@ func printClientStatus(out io.Writer, st client.Status, now time.Time) {
 			state += ": " + s.LastError
 		}
 		fmt.Fprintf(w, "%s:%d\t%s\t%s\t%s\t%s\t%d\n", s.ServerHost, s.ServerTunnelControlPort, ep, state,
-			ago(now, s.LastHandshake), transfer(s.BytesIn, s.BytesOut), s.Connections+s.Socks5Connections)
+			ago(now, s.LastHandshake), transfer(s.BytesIn, s.BytesOut), s.Connections+s.UDPSessions+s.Socks5Connections)
 	}
 	w.Flush()
 	fmt.Fprintln(out)

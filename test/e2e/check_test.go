@@ -226,7 +226,7 @@ func TestReachabilityCheck(t *testing.T) {
 		}
 	}
 	// The firewall: a public port nobody listens on.
-	if out, errOut, code := runCLI(t, "", append([]string{"check", tcpAddr(freePort(t, "tcp"))}, api...)...); code != 1 || !strings.Contains(errOut, "no tunnel listens on port") {
+	if out, errOut, code := runCLI(t, "", append([]string{"check", tcpAddr(freePort(t, "tcp"))}, api...)...); code != 1 || !strings.Contains(errOut, "no TCP tunnel listens on port") {
 		t.Errorf("threshold check of a port without a tunnel: exit %d\n%s%s", code, out, errOut)
 	}
 	// Without credentials the API refuses to arm.
