@@ -175,12 +175,9 @@ func (c *Change) Tunnels() []Tunnel { return slices.Clone(c.ts) }
 // joining one error per problem, each wrapping ErrInvalid or ErrListen.
 func (g *Gateway) Prepare(ts []Tunnel) (*Change, error) {
 	ts = slices.Clone(ts)
-	if problems := CheckTunnels(ts); len(problems) > 0 {
-		errs := make([]error, len(problems))
-		for i, p := range problems {
-			errs[i] = &problem{kind: ErrInvalid, msg: p}
-		}
-		return nil, errors.Join(errs...)
+	var probs problemList
+	if CheckTunnels(ts, &probs); len(probs.list) > 0 {
+		return nil, errors.Join(probs.errs(ErrInvalid)...)
 	}
 	g.changeMu.Lock()
 	if !g.life.up() {
