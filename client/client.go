@@ -102,6 +102,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Client, err erro
 	return c, nil
 }
 
+// Check reports every problem of cfg that New would refuse before it
+// does anything, in a *control.Problems; nil if there is none.
+func Check(cfg Config) error {
+	cfg.FillDefaults()
+	probs := control.NewProblems(control.ErrInvalid, "client config")
+	cfg.check(probs)
+	return probs.Err()
+}
+
 // startTunnel brings up the stack, the WireGuard device with the server as
 // its peer, and the client's sockets inside the tunnel.
 func (c *Client) startTunnel() (err error) {

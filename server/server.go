@@ -110,6 +110,16 @@ func New(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	return s, nil
 }
 
+// Check reports every problem of cfg that New would refuse before it
+// binds anything (the authentication files are read), in a
+// *control.Problems; nil if there is none. cmd/threshold uses it to list
+// them together with a config file's JSON problems.
+func Check(cfg Config) error {
+	cfg.FillDefaults()
+	_, _, err := cfg.validate(slog.New(slog.DiscardHandler))
+	return err
+}
+
 // validate finds every problem of a config with defaults filled in; the
 // authentication files are read once, and only for an otherwise sound
 // config.
