@@ -176,17 +176,20 @@ func (c *Config) egressPolicy(p *control.Problems) forward.EgressPolicy {
 	if a, err := netip.ParseAddr(c.ManagementAddress); err == nil && c.ManagementPort > 0 && c.ManagementPort < 65536 {
 		pol.DenyAddrPorts = []netip.AddrPort{netip.AddrPortFrom(a, uint16(c.ManagementPort))}
 	}
-	pol.LocalAddrs = localAddrs()
+	// The server's own addresses are read again on use (at most once a
+	// second): one added after start must not pass.
+	self := &forward.SelfAddrs{Read: localAddrs}
+	pol.Self = self.Addrs
 	if p.Len() == 0 {
 		p.AddErr(pol.Validate())
 	}
 	return pol
 }
 
-func localAddrs() []netip.Addr {
+func localAddrs() ([]netip.Addr, error) {
 	ifAddrs, err := net.InterfaceAddrs()
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	var out []netip.Addr
 	for _, ia := range ifAddrs {
@@ -196,5 +199,5 @@ func localAddrs() []netip.Addr {
 			}
 		}
 	}
-	return out
+	return out, nil
 }
