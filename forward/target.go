@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"time"
 )
@@ -23,7 +24,7 @@ func (g *Gateway) forward(s *session, public net.Conn, t Tunnel) {
 	log := g.log.With("tunnel", t.RouteKey(), "from", addrString(public.RemoteAddr()))
 	up, peer, err := g.dial(t)
 	if err != nil {
-		log.Info("connection refused: no client reachable", "clients", t.Clients(), "err", err)
+		g.logNoClient.log(log, slog.LevelInfo, "connection refused: no client reachable", "clients", t.Clients(), "err", err)
 		g.cfg.Rejected(RejectNoClient)
 		s.close()
 		return

@@ -192,6 +192,7 @@ func (s *Server) startTunnel() (err error) {
 // the clients from the Directory the control plane publishes.
 func (s *Server) startForwarders(policy forward.EgressPolicy) (err error) {
 	s.metrics = newMetrics(func() map[string]control.ClientStatus { return s.plane.Clients() })
+	gwLimits, egressLimits := s.cfg.limits()
 	s.dir.Store(forward.NewDirectory())
 	if s.gw, err = forward.NewGateway(forward.GatewayConfig{
 		Directory: s.dir.Load,
@@ -201,6 +202,7 @@ func (s *Server) startForwarders(policy forward.EgressPolicy) (err error) {
 		PeekTimeout: time.Duration(s.cfg.HostnamePeekTimeoutSeconds * float64(time.Second)),
 		Observe:     s.metrics.observe,
 		Rejected:    func(reason string) { s.metrics.rejected.WithLabelValues(reason).Inc() },
+		Limits:      gwLimits,
 		Logger:      s.log.With("component", "gateway"),
 	}); err != nil {
 		return err
@@ -216,6 +218,8 @@ func (s *Server) startForwarders(policy forward.EgressPolicy) (err error) {
 		LocalAddr: egressAddr,
 		Directory: s.dir.Load,
 		Meter:     s.egressMeter,
+		Limits:    egressLimits,
+		Rejected:  func(reason string) { s.metrics.rejected.WithLabelValues(reason).Inc() },
 	}); err != nil {
 		return err
 	}
