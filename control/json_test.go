@@ -3,6 +3,7 @@ package control
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -53,5 +54,29 @@ func TestStateFileStrict(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "left untouched") {
 			t.Errorf("%s: %v\nwant %s", tc.content, err, tc.want)
 		}
+	}
+}
+
+// Issue 15 item 6: a 3 GB state file (sparse) is refused without being
+// read. Before, it was read whole: 3.75 GB of RSS and 12.8 s.
+func TestStateFileTooLarge(t *testing.T) {
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(3 << 30); err != nil {
+		t.Skipf("no sparse file here: %v", err)
+	}
+	f.Close()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, _, err = FileStore{Dir: dir}.Load()
+	runtime.ReadMemStats(&after)
+	if err == nil || !strings.Contains(err.Error(), "larger than") || !strings.Contains(err.Error(), "left untouched") {
+		t.Fatalf("Load = %v", err)
+	}
+	if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+		t.Errorf("refusing a 3 GB state file allocated %d bytes", n)
 	}
 }
