@@ -88,7 +88,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Client, err erro
 	if err := c.startTunnel(); err != nil {
 		return nil, err
 	}
-	if c.conn, err = forward.NewConnector(forward.ConnectorConfig{Services: cfg.ServiceToLocalAddrMap, Logger: log.With("component", "connector")}); err != nil {
+	cc := cfg.connectorConfig()
+	cc.Logger = log.With("component", "connector")
+	if c.conn, err = forward.NewConnector(cc); err != nil {
 		return nil, err
 	}
 	c.onClose(c.conn.Close)

@@ -117,6 +117,7 @@ const (
 	RejectNoClient           = "client_unreachable"  // no client of the tunnel connected or answering
 	RejectUnknownService     = "unknown_service"     // the client has no such service
 	RejectBackendUnreachable = "backend_unreachable" // the client could not reach its service
+	RejectClientRefused      = "client_refused"      // the client's PROXY policy refused it
 
 	// Admission limits (GatewayLimits, EgressLimits).
 	RejectConnections          = "limit_connections"            // GatewayLimits.Connections
@@ -128,7 +129,7 @@ const (
 )
 
 // RejectReasons lists every Reject* reason, for metrics that show each at 0.
-var RejectReasons = []string{RejectNoHostname, RejectNoRoute, RejectNoClient, RejectUnknownService, RejectBackendUnreachable,
+var RejectReasons = []string{RejectNoHostname, RejectNoRoute, RejectNoClient, RejectUnknownService, RejectBackendUnreachable, RejectClientRefused,
 	RejectConnections, RejectConnectionsPerSource, RejectPeeks, RejectPeeksPerSource, RejectSocksHandshakes, RejectSocksSessions}
 
 // DefaultDialTimeout bounds a dial through the tunnel.

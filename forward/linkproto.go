@@ -75,6 +75,7 @@ const (
 	StatusUnknownService
 	StatusBackendUnreachable
 	StatusBadRequest
+	StatusRefused // by the client's PROXY policy
 )
 
 var (
@@ -97,6 +98,8 @@ func (s Status) Err() error {
 		return ErrBackendUnreachable
 	case StatusBadRequest:
 		return ErrBadRequest
+	case StatusRefused:
+		return ErrRefused
 	}
 	return fmt.Errorf("%w: unknown status %d", ErrBadRequest, s)
 }
@@ -107,6 +110,8 @@ func statusFor(err error) Status {
 		return StatusUnknownService
 	case errors.Is(err, ErrBackendUnreachable):
 		return StatusBackendUnreachable
+	case errors.Is(err, ErrRefused):
+		return StatusRefused
 	}
 	return StatusBadRequest
 }
@@ -174,6 +179,14 @@ func ReadRequest(c net.Conn, timeout time.Duration) (*proxyproto.Conn, Request, 
 func parseRequest(h *proxyproto.Header) (Request, error) {
 	if h.Version != 2 {
 		return Request{}, fmt.Errorf("PROXY version %d, want 2", h.Version)
+	}
+	// A LOCAL header carries no connection; addresses it may hold anyway
+	// mean nothing. Only PROXY over TCP is a request.
+	if h.Command != proxyproto.PROXY {
+		return Request{}, fmt.Errorf("PROXY command %#x, want PROXY", byte(h.Command))
+	}
+	if h.TransportProtocol != proxyproto.TCPv4 && h.TransportProtocol != proxyproto.TCPv6 {
+		return Request{}, fmt.Errorf("PROXY transport %#x, want TCP", byte(h.TransportProtocol))
 	}
 	src, dst, ok := h.TCPAddrs()
 	if !ok {

@@ -66,6 +66,8 @@ func (g *Gateway) forward(s *session, public net.Conn, t Tunnel) {
 		g.cfg.Rejected(RejectUnknownService)
 	case errors.Is(res.Err, ErrBackendUnreachable):
 		g.cfg.Rejected(RejectBackendUnreachable)
+	case errors.Is(res.Err, ErrRefused):
+		g.cfg.Rejected(RejectClientRefused)
 	}
 	log.Debug("connection done", "bytes_in", res.AToB, "bytes_out", res.BToA, "err", res.Err)
 }
