@@ -238,13 +238,17 @@ func (e *Egress) ServeConn(clientID string, c net.Conn) error {
 	}
 	defer e.life.leave()
 
-	if why := e.sessions.acquire(clientID); why != admitted {
-		return e.refuseLimit(clientID, c, RejectSocksSessions, e.cfg.Limits.SessionsPerClient)
-	}
-	defer e.sessions.release(clientID)
+	// The handshake slot first: a flood of handshakes is then refused
+	// without touching the session count, which it would otherwise fill
+	// for a moment with sessions being refused.
 	if why := e.handshakes.acquire(clientID); why != admitted {
 		return e.refuseLimit(clientID, c, RejectSocksHandshakes, e.cfg.Limits.HandshakesPerClient)
 	}
+	if why := e.sessions.acquire(clientID); why != admitted {
+		e.handshakes.release(clientID)
+		return e.refuseLimit(clientID, c, RejectSocksSessions, e.cfg.Limits.SessionsPerClient)
+	}
+	defer e.sessions.release(clientID)
 	handshaking := true
 	endHandshake := func() {
 		if handshaking {
