@@ -51,6 +51,7 @@ type Client struct {
 	hb        net.Conn
 
 	lastPong  atomic.Int64    // unix nanos of the last heartbeat answer
+	instance  uint32          // the server's, from its heartbeat answers; owned by readPongs
 	ctx       context.Context // ends with Close
 	cancel    context.CancelFunc
 	closers   []func() error // what Close undoes, in the order it was built
@@ -292,6 +293,26 @@ func (c *Client) reresolve(ctx context.Context) {
 	}
 }
 
+// serverInstance notes the server instance a heartbeat answer carries. A
+// new one means the server restarted: the connections it had through the
+// tunnel died with it, so the client's ends (and the backend connections
+// behind them) are closed now rather than when they go idle.
+func (c *Client) serverInstance(id uint32) {
+	if id == 0 || id == c.instance {
+		return
+	}
+	old := c.instance
+	c.instance = id
+	if old == 0 {
+		return
+	}
+	n := c.conn.CloseAll()
+	if c.relay != nil {
+		n += c.relay.CloseAll()
+	}
+	c.log.Info("the server restarted: closed the connections it had", "connections", n)
+}
+
 func (c *Client) readPongs(ctx context.Context) {
 	buf := make([]byte, 64)
 	for {
@@ -311,6 +332,7 @@ func (c *Client) readPongs(ctx context.Context) {
 		}
 		if forward.IsPing(buf[:n]) {
 			c.lastPong.Store(time.Now().UnixNano())
+			c.serverInstance(forward.PingInstance(buf[:n]))
 		}
 	}
 }

@@ -174,6 +174,10 @@ func (c *Connector) handle(conn net.Conn) {
 // Live reports how many tunneled connections are open.
 func (c *Connector) Live() int { return c.life.live.count() }
 
+// CloseAll closes every tunneled connection, for when the server they
+// came from is gone (it restarted), and returns how many there were.
+func (c *Connector) CloseAll() int { return c.life.live.closeAll() }
+
 // Refused reports how many requests the PROXY policy refused (a header
 // the client turned off, a source it does not believe).
 func (c *Connector) Refused() uint64 { return c.refused.Load() }

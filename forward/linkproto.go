@@ -24,7 +24,11 @@ import (
 // not wait for the status before sending: it only gates the reply path.
 //
 // Liveness: each client sends a heartbeat Ping to the server's
-// HeartbeatPort every second; the server echoes it unchanged.
+// HeartbeatPort every second; the server echoes it with its instance (a
+// random number it picks at start) in the last four bytes, so a client
+// learns that the server restarted, and with it every tunneled connection
+// it holds for the server is dead, however short the restart was. (An
+// older server echoes the ping unchanged: instance 0, nothing learned.)
 //
 // SOCKS5 egress: the client relays its local SOCKS5 port to the server's
 // SocksPort.
@@ -55,6 +59,13 @@ func Ping(seq uint64) []byte {
 
 // IsPing reports whether b is a heartbeat.
 func IsPing(b []byte) bool { return len(b) == PingLen && [4]byte(b[:4]) == pingMagic }
+
+// SetPingInstance writes the server's instance into a heartbeat echo.
+func SetPingInstance(b []byte, instance uint32) { binary.BigEndian.PutUint32(b[12:], instance) }
+
+// PingInstance is the server instance a heartbeat echo carries; 0 for
+// none.
+func PingInstance(b []byte) uint32 { return binary.BigEndian.Uint32(b[12:]) }
 
 // Request is what the server tells the client about one connection.
 type Request struct {

@@ -3,6 +3,7 @@ package forward
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -488,5 +489,16 @@ func TestAddrPair(t *testing.T) {
 		if s.String() != c.wantSrc || d.String() != c.wantDst {
 			t.Errorf("addrPair(%v, %v) = %v, %v; want %v, %v", c.src, c.dst, s, d, c.wantSrc, c.wantDst)
 		}
+	}
+}
+
+func TestPingInstance(t *testing.T) {
+	p := Ping(7)
+	if !IsPing(p) || PingInstance(p) != 0 {
+		t.Fatalf("a ping carries instance %d", PingInstance(p))
+	}
+	SetPingInstance(p, 0xdeadbeef)
+	if !IsPing(p) || PingInstance(p) != 0xdeadbeef || binary.BigEndian.Uint64(p[4:]) != 7 {
+		t.Fatalf("echo % x", p)
 	}
 }

@@ -7,6 +7,8 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -327,6 +329,12 @@ func (s *Server) Close() error {
 // accepts it from the peer it belongs to.
 func (s *Server) echoHeartbeats() {
 	buf := make([]byte, 64)
+	var instance uint32
+	for instance == 0 {
+		var b [4]byte
+		rand.Read(b[:])
+		instance = binary.BigEndian.Uint32(b[:])
+	}
 	for {
 		n, from, err := s.hb.ReadFrom(buf)
 		if err != nil {
@@ -337,6 +345,7 @@ func (s *Server) echoHeartbeats() {
 			continue
 		}
 		s.plane.Heard(ua.AddrPort().Addr())
+		forward.SetPingInstance(buf[:n], instance)
 		s.hb.WriteTo(buf[:n], from)
 	}
 }
