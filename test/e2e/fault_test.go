@@ -13,6 +13,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"regexp"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -539,4 +541,56 @@ func TestFloodSocksHandshakes(t *testing.T) {
 	}
 	closeAll(live)
 	srv.waitGoroutines(t, baseline, 20*time.Second)
+}
+
+var suppressedRE = regexp.MustCompile(`no tunnel for this host name".* suppressed=(\d+)`)
+
+// TestGarbageLogsThrottled: issue 15, every garbage public connection
+// wrote an INFO line, unthrottled. 200 connections whose first bytes name
+// no tunnel make a burst of lines, the rest counted; the next line that
+// gets through says how many were suppressed, and the metric counts all.
+func TestGarbageLogsThrottled(t *testing.T) {
+	t.Parallel()
+	ck := newKey(t)
+	srv := startServerWith(t, map[string]wg.Key{"home": ck}, map[string]any{"DebugLog": false})
+	be := startBackend(t, "web", false)
+	startClientWith(t, srv, "home", ck, map[string]string{"web": be.addr}, map[string]any{"DebugLog": false})
+	srv.waitState(t, "home", "ClientConnected", 30*time.Second)
+	port := freePort(t, "tcp")
+	srv.mustPutTunnels(t, []tunnel{
+		{ListenAddress: "127.0.0.1", ListenPort: port, ListenHostnameGlob: "a.example", BackEndService: "web", ClientId: "home"},
+		{ListenAddress: "127.0.0.1", ListenPort: port, ListenHostnameGlob: "b.example", BackEndService: "web", ClientId: "home"},
+	})
+	garbage := func() {
+		c, err := net.DialTimeout("tcp", tcpAddr(port), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, "\x00\x01 not TLS, not HTTP\r\n\r\n")
+		io.ReadAll(c)
+	}
+	for range 200 {
+		garbage()
+	}
+	const line = `msg="connection dropped: no tunnel for this host name"`
+	if n := bytes.Count([]byte(srv.logs.String()), []byte(line)); n > 10 {
+		t.Errorf("%d log lines for 200 garbage connections", n)
+	}
+	if v := srv.metric(t, `threshold_connections_rejected_total{reason="no_route"}`); v != 200 {
+		t.Errorf("no_route = %v, want 200", v)
+	}
+	// The throttle lets a line through every 10 s, with the count.
+	waitUntil(t, 15*time.Second, "a line with the suppressed count", func() bool {
+		garbage()
+		m := suppressedRE.FindStringSubmatch(srv.logs.String())
+		if m == nil {
+			return false
+		}
+		if n, _ := strconv.Atoi(m[1]); n < 190 {
+			t.Fatalf("the first count of suppressed lines is %d, want at least 190", n)
+		}
+		return true
+	})
 }
