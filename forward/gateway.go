@@ -465,7 +465,7 @@ func (g *Gateway) route(routes []Tunnel, c net.Conn, src netip.Prefix) (Tunnel, 
 	if len(routes) == 1 && routes[0].ListenHostnameGlob == "*" {
 		return routes[0], c, ""
 	}
-	// The reason is "" when admit refused: it counted the refusal itself.
+	// admit counts its refusal itself; handle resets the connection.
 	if !g.admit(&g.peeks, src, nil, RejectPeeks, RejectPeeksPerSource) {
 		return Tunnel{}, nil, admissionRefused
 	}
