@@ -290,7 +290,8 @@ func TestInProcIdleHeap(t *testing.T) {
 	if set.errs > 0 {
 		t.Fatalf("%d failed: %v", set.errs, set.firstErr)
 	}
-	time.Sleep(time.Second)
+	// Joins stop copying after a second of quiet (forward.Join).
+	time.Sleep(3 * time.Second)
 	runtime.GC()
 	runtime.ReadMemStats(&m1)
 	g1 := runtime.NumGoroutine()

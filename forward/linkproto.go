@@ -265,3 +265,7 @@ func (c *statusConn) Read(b []byte) (int, error) {
 }
 
 func (c *statusConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// NetConn is the wrapped connection, for Join's readiness waits (reads
+// still go through the wrapper).
+func (c *statusConn) NetConn() net.Conn { return c.Conn }
