@@ -398,7 +398,7 @@ func TestFloodConnections(t *testing.T) {
 	if v := srv.metric(t, `threshold_connections_rejected_total{reason="limit_connections"}`); v != 30 {
 		t.Errorf("limit_connections = %v, want 30", v)
 	}
-	if g := srv.goroutines(t); g > baseline+2*total+20 {
+	if g := srv.goroutines(t); g > baseline+4*total+20 { // a few per connection, bounded by the total
 		t.Errorf("%d goroutines with %d connections held (baseline %d)", g, total, baseline)
 	}
 	closeAll(held)
