@@ -300,10 +300,20 @@ func dialFrom(src, addr string) (net.Conn, error) {
 }
 
 // flood opens n connections from src that send nothing, and returns
-// them; the caller closes them. Each either stays open (held) or is
-// refused at once.
-func flood(t *testing.T, src, addr string, n int) (held []net.Conn, refused int) {
+// those the server holds; the caller closes them. The server counts each
+// one it refuses under one of reasons and resets it at once: flood waits
+// until it has seen as many resets as the server counted refusals, so it
+// tells held from refused without guessing how long a reset takes.
+func flood(t *testing.T, srv *server, src, addr string, n int, reasons ...string) (held []net.Conn, refused int) {
 	t.Helper()
+	counted := func() int {
+		sum := 0.0
+		for _, r := range reasons {
+			sum += srv.metric(t, `threshold_connections_rejected_total{reason="`+r+`"}`)
+		}
+		return int(sum)
+	}
+	before := counted()
 	var open []net.Conn
 	for range n {
 		c, err := dialFrom(src, addr)
@@ -313,20 +323,24 @@ func flood(t *testing.T, src, addr string, n int) (held []net.Conn, refused int)
 		}
 		open = append(open, c)
 	}
-	// A refused connection is reset at once; give the resets time to
-	// arrive, then tell them from the held ones without waiting on each.
-	time.Sleep(200 * time.Millisecond)
-	for _, c := range open {
-		c.SetReadDeadline(time.Now().Add(time.Millisecond))
-		if _, err := c.Read(make([]byte, 1)); err != nil && !isTimeout(err) {
-			refused++
-			c.Close()
-			continue
+	waitUntil(t, 10*time.Second, "the resets of the refused connections", func() bool {
+		still := open[:0]
+		for _, c := range open {
+			c.SetReadDeadline(time.Now().Add(time.Millisecond))
+			if _, err := c.Read(make([]byte, 1)); err != nil && !isTimeout(err) {
+				refused++
+				c.Close()
+				continue
+			}
+			still = append(still, c)
 		}
+		open = still
+		return refused >= counted()-before
+	})
+	for _, c := range open {
 		c.SetReadDeadline(time.Time{})
-		held = append(held, c)
 	}
-	return held, refused
+	return open, refused
 }
 
 func closeAll(cs []net.Conn) {
@@ -375,7 +389,8 @@ func TestFloodConnections(t *testing.T) {
 	baseline := srv.goroutines(t)
 
 	// One source: 3x its limit.
-	held, refused := flood(t, "127.0.0.2", addr, 3*perSource)
+	conns := []string{"limit_connections", "limit_connections_per_source"}
+	held, refused := flood(t, srv, "127.0.0.2", addr, 3*perSource, conns...)
 	if len(held) != perSource || refused != 2*perSource {
 		t.Errorf("one source's flood: %d held, %d refused; want %d held", len(held), refused, perSource)
 	}
@@ -386,10 +401,10 @@ func TestFloodConnections(t *testing.T) {
 	// Three sources more: the total refuses the rest, the server stays
 	// responsive, and the held connections still work.
 	for _, src := range []string{"127.0.0.3", "127.0.0.4"} {
-		h, _ := flood(t, src, addr, perSource)
+		h, _ := flood(t, srv, src, addr, perSource, conns...)
 		held = append(held, h...)
 	}
-	h, _ := flood(t, "127.0.0.5", addr, perSource)
+	h, _ := flood(t, srv, "127.0.0.5", addr, perSource, conns...)
 	held = append(held, h...)
 	if len(held) != total {
 		t.Errorf("four sources' floods: %d held, want the total %d", len(held), total)
@@ -433,13 +448,14 @@ func TestFloodPeeks(t *testing.T) {
 	exchangeFrom(t, "127.0.0.9", addr, get, "web")
 	baseline := srv.goroutines(t)
 
-	held, refused := flood(t, "127.0.0.2", addr, 3*perSource)
+	peeks := []string{"limit_peeks", "limit_peeks_per_source"}
+	held, refused := flood(t, srv, "127.0.0.2", addr, 3*perSource, peeks...)
 	if len(held) != perSource || refused != 2*perSource {
 		t.Errorf("one source's flood: %d held, %d refused; want %d held", len(held), refused, perSource)
 	}
 	exchangeFrom(t, "127.0.0.9", addr, get, "web")
 	for _, src := range []string{"127.0.0.3", "127.0.0.4"} {
-		h, _ := flood(t, src, addr, perSource)
+		h, _ := flood(t, srv, src, addr, perSource, peeks...)
 		held = append(held, h...)
 	}
 	if len(held) != total {
