@@ -106,6 +106,15 @@ func (c *Config) check(p *control.Problems) {
 		if v := svc.ProxyProtocol; v != nil && (*v < 0 || *v > 2) {
 			p.Addf(field+".ProxyProtocol", "%d is not 0 (none), 1 or 2", *v)
 		}
+		if svc.UdpProxyProtocolMode != "" {
+			proxy := 0
+			if svc.ProxyProtocol != nil {
+				proxy = *svc.ProxyProtocol
+			}
+			if err := checkUDPMode(svc.UdpProxyProtocolMode, proxy); err != nil {
+				p.Addf(field+".UdpProxyProtocolMode", "%v", err)
+			}
+		}
 	}
 	if _, err := forward.ParsePrefixes(c.ProxySourceAllowCIDRs); err != nil {
 		p.Addf("ProxySourceAllowCIDRs", "%v", err)
@@ -125,4 +134,18 @@ func (c *Config) connectorConfig() forward.ConnectorConfig {
 	cc.Sources.Allow, _ = forward.ParsePrefixes(c.ProxySourceAllowCIDRs) // checked
 	cc.Sources.TunnelPrefix = wg.TunnelPrefix
 	return cc
+}
+
+// udpConnectorConfig is connectorConfig for UDP tunnels: the same
+// addresses, choices and source policy, plus each service's UDP PROXY mode.
+func (c *Config) udpConnectorConfig() forward.UDPConnectorConfig {
+	cc := c.connectorConfig()
+	uc := forward.UDPConnectorConfig{Services: cc.Services, ServiceProxy: cc.ServiceProxy, Sources: cc.Sources,
+		ServiceUDPProxyMode: map[string]string{}}
+	for name, svc := range c.ServiceToLocalAddrMap {
+		if svc.UdpProxyProtocolMode != "" {
+			uc.ServiceUDPProxyMode[name] = svc.UdpProxyProtocolMode
+		}
+	}
+	return uc
 }

@@ -85,3 +85,51 @@ func TestServiceForms(t *testing.T) {
 		}
 	}
 }
+
+// A service's UDP PROXY mode is read with the object form, checked, and
+// handed to the UDP connector with the same addresses, choices and policy.
+func TestServiceUDPMode(t *testing.T) {
+	in := `{"ServiceToLocalAddrMap": {
+  "dns": {"Address": "127.0.0.1:53", "ProxyProtocol": 2, "UdpProxyProtocolMode": "first"},
+  "game": {"Address": "127.0.0.1:19132", "ProxyProtocol": 2},
+  "web": "127.0.0.1:80"
+}}`
+	var c Config
+	probs := control.NewProblems(control.ErrInvalid, "client config")
+	if !(control.JSON{}).Decode([]byte(in), &c, probs) || probs.Len() != 0 {
+		t.Fatal(probs)
+	}
+	uc := c.udpConnectorConfig()
+	if uc.Services["dns"] != "127.0.0.1:53" || uc.ServiceProxy["dns"] != 2 || uc.ServiceUDPProxyMode["dns"] != "first" ||
+		uc.ServiceUDPProxyMode["game"] != "" || len(uc.ServiceProxy) != 2 || !uc.Sources.TunnelPrefix.IsValid() {
+		t.Fatalf("UDP connector config %+v", uc)
+	}
+	out, err := json.Marshal(c.ServiceToLocalAddrMap["dns"])
+	if err != nil || string(out) != `{"Address":"127.0.0.1:53","ProxyProtocol":2,"UdpProxyProtocolMode":"first"}` {
+		t.Fatalf("%s %v", out, err)
+	}
+	bad := `{"ServiceToLocalAddrMap": {
+  "a": {"Address": "127.0.0.1:1", "ProxyProtocol": 2, "UdpProxyProtocolMode": "sometimes"},
+  "b": {"Address": "127.0.0.1:2", "UdpProxyProtocolMode": "every"}
+}}`
+	c = Config{}
+	probs = control.NewProblems(control.ErrInvalid, "client config")
+	(control.JSON{}).Decode([]byte(bad), &c, probs)
+	got := strings.Join(probs.Lines(), "\n")
+	for _, want := range []string{
+		`ServiceToLocalAddrMap["a"]: UdpProxyProtocolMode "sometimes" is not "every" or "first"`,
+		`ServiceToLocalAddrMap["b"]: UdpProxyProtocolMode "every" needs ProxyProtocol 2`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("problems lack %q:\n%s", want, got)
+		}
+	}
+	// A config built in Go, not read from JSON, is checked the same way.
+	two := 2
+	cfg := Config{ServiceToLocalAddrMap: map[string]Service{"x": {Address: "127.0.0.1:1", ProxyProtocol: &two, UdpProxyProtocolMode: "last"}}}
+	p := control.NewProblems(control.ErrInvalid, "client config")
+	cfg.check(p)
+	if !strings.Contains(strings.Join(p.Lines(), "\n"), `ServiceToLocalAddrMap["x"].UdpProxyProtocolMode: UdpProxyProtocolMode "last" is not`) {
+		t.Errorf("check: %v", p.Lines())
+	}
+}

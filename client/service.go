@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/thresholdtunnel/threshold/forward"
 	"github.com/thresholdtunnel/threshold/strictjson"
 )
 
@@ -24,6 +25,11 @@ type Service struct {
 	Address string
 	// ProxyProtocol is the client's choice; nil for the string form.
 	ProxyProtocol *int `json:",omitempty"`
+	// UdpProxyProtocolMode says, for a UDP tunnel to a service choosing
+	// ProxyProtocol 2, which datagrams carry the header: "every" (the
+	// default) or "first" of a session, as the server's tunnel field of the
+	// same name does when the server decides.
+	UdpProxyProtocolMode string `json:",omitempty"`
 }
 
 // Addr is a Service of the string form.
@@ -61,6 +67,9 @@ func (s *Service) UnmarshalJSON(b []byte) error {
 	if v := *o.ProxyProtocol; v < 0 || v > 2 {
 		return fmt.Errorf("%w, not %d", errProxyVersion, v)
 	}
+	if err := checkUDPMode(o.UdpProxyProtocolMode, *o.ProxyProtocol); err != nil {
+		return err
+	}
 	*s = Service(o)
 	return nil
 }
@@ -71,9 +80,24 @@ func (s Service) MarshalJSON() ([]byte, error) {
 		return json.Marshal(s.Address)
 	}
 	return json.Marshal(struct {
-		Address       string
-		ProxyProtocol int
-	}{s.Address, *s.ProxyProtocol})
+		Address              string
+		ProxyProtocol        int
+		UdpProxyProtocolMode string `json:",omitempty"`
+	}{s.Address, *s.ProxyProtocol, s.UdpProxyProtocolMode})
+}
+
+// checkUDPMode refuses a mode other than the two, and one that would have
+// no effect (it only says how a PROXY v2 header is sent).
+func checkUDPMode(mode string, proxy int) error {
+	switch {
+	case mode == "":
+		return nil
+	case mode != forward.UDPProxyEvery && mode != forward.UDPProxyFirst:
+		return fmt.Errorf("UdpProxyProtocolMode %q is not %q or %q", mode, forward.UDPProxyEvery, forward.UDPProxyFirst)
+	case proxy != 2:
+		return fmt.Errorf("UdpProxyProtocolMode %q needs ProxyProtocol 2 (it says which datagrams carry the header)", mode)
+	}
+	return nil
 }
 
 var _ strictjson.Shaper = Service{}

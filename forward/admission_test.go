@@ -70,18 +70,6 @@ func (r *rejections) get(reason string) int {
 	return r.n[reason]
 }
 
-// waitFor polls cond until it holds or ftPrompt passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(ftPrompt)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // Issue 15: silent connections to a port shared by host name each held a
 // peek (a goroutine, up to 64 KiB) for the peek timeout, unbounded. Now
 // at most PeeksPerSource from one source and Peeks in all; the rest are

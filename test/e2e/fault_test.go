@@ -38,17 +38,6 @@ func (s *server) goroutines(t testing.TB) int {
 	return int(v)
 }
 
-// metric is one series of the server's metrics (0 if absent).
-func (s *server) metric(t testing.TB, series string) float64 {
-	t.Helper()
-	_, body, err := s.call("GET", "/metrics", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, _ := metricValue(string(body), series)
-	return v
-}
-
 // waitGoroutines waits for the server's goroutines to come back to at
 // most baseline plus a little slack (the metrics request itself, timers).
 func (s *server) waitGoroutines(t testing.TB, baseline int, within time.Duration) {
