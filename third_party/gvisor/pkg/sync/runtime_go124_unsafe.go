@@ -1,9 +1,11 @@
 // Copyright 2024 The gVisor Authors.
 //
 // Use of this source code is governed by a BSD-style
-// license that can be found in the LICENSE file.
+// license that can be found in the LICENSE file or at
+// https://developers.google.com/open-source/licenses/bsd.
 
-//go:build go1.24
+// https://go.dev/cl/691596 (1.26) renames the internal map type which nogo relies on.
+//go:build go1.24 && !go1.26
 
 package sync
 

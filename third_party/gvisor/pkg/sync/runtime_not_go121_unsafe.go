@@ -1,7 +1,8 @@
 // Copyright 2023 The gVisor Authors.
 //
 // Use of this source code is governed by a BSD-style
-// license that can be found in the LICENSE file.
+// license that can be found in the LICENSE file or at
+// https://developers.google.com/open-source/licenses/bsd.
 
 // runtime.maptype is moved to internal/abi.MapType in Go 1.21.
 //

@@ -91,7 +91,6 @@ func (*stdClock) AfterFunc(d time.Duration, f func()) Timer {
 	}
 }
 
-// +stateify savable
 type stdTimer struct {
 	t *time.Timer
 }

@@ -22,6 +22,31 @@ import (
 	cryptorand "gvisor.dev/gvisor/pkg/rand"
 )
 
+// beforeSave is invoked by stateify.
+func (s *Stack) beforeSave() {
+	// removeConf will be set only in case of save/restore.
+	s.mu.Lock()
+	if !s.removeConf {
+		s.mu.Unlock()
+		return
+	}
+
+	// Remove all the NICs and routes from the stack as they will be
+	// created again during restore based on the new network config.
+	deferActs := make([]func(), 0)
+	for id := range s.nics {
+		act, _ := s.removeNICLocked(id, true /* closeLinkEndpoint */)
+		if act != nil {
+			deferActs = append(deferActs, act)
+		}
+	}
+	s.mu.Unlock()
+
+	for _, act := range deferActs {
+		act()
+	}
+}
+
 // afterLoad is invoked by stateify.
 func (s *Stack) afterLoad(context.Context) {
 	s.insecureRNG = rand.New(rand.NewSource(time.Now().UnixNano()))

@@ -29,8 +29,8 @@ func (p *icmpPacket) beforeSave() {}
 // +checklocksignore
 func (p *icmpPacket) StateSave(stateSinkObject state.Sink) {
 	p.beforeSave()
-	var receivedAtValue int64
-	receivedAtValue = p.saveReceivedAt()
+	receivedAtValue := p.saveReceivedAt()
+	_ = (int64)(receivedAtValue)
 	stateSinkObject.SaveValue(4, receivedAtValue)
 	stateSinkObject.Save(0, &p.icmpPacketEntry)
 	stateSinkObject.Save(1, &p.senderAddress)

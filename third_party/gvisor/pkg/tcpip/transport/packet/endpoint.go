@@ -195,11 +195,13 @@ func (ep *endpoint) Read(dst io.Writer, opts tcpip.ReadOptions) (tcpip.ReadResul
 	}
 
 	packet := ep.rcvList.Front()
-	if !opts.Peek {
+	if opts.Peek {
+		packet.data.IncRef()
+	} else {
 		ep.rcvList.Remove(packet)
-		defer packet.data.DecRef()
 		ep.rcvBufSize -= packet.data.Size()
 	}
+	defer packet.data.DecRef()
 
 	ep.rcvMu.Unlock()
 
@@ -267,11 +269,12 @@ func (ep *endpoint) Write(p tcpip.Payloader, opts tcpip.WriteOptions) (int64, tc
 	}
 	payloadSz := payload.Size()
 
+	mark := ep.ops.GetMark()
 	if err := func() tcpip.Error {
 		if ep.cooked {
-			return ep.stack.WritePacketToRemote(nicID, remote, proto, payload)
+			return ep.stack.WritePacketToRemoteWithMark(nicID, remote, proto, payload, mark)
 		}
-		return ep.stack.WriteRawPacket(nicID, proto, payload)
+		return ep.stack.WriteRawPacketWithMark(nicID, proto, payload, mark)
 	}(); err != nil {
 		return 0, err
 	}
@@ -456,14 +459,14 @@ func (ep *endpoint) UpdateLastError(err tcpip.Error) {
 
 // GetSockOpt implements tcpip.Endpoint.GetSockOpt.
 func (ep *endpoint) GetSockOpt(opt tcpip.GettableSocketOption) tcpip.Error {
-	switch opt.(type) {
+	switch opt := opt.(type) {
 	case *tcpip.TpacketStats:
 		ep.packetMmapMu.RLock()
 		defer ep.packetMmapMu.RUnlock()
 		if ep.packetMMapEp == nil {
 			return nil
 		}
-		*(opt.(*tcpip.TpacketStats)) = ep.packetMMapEp.Stats()
+		*opt = ep.packetMMapEp.Stats()
 		return nil
 	default:
 		return &tcpip.ErrUnknownProtocolOption{}
@@ -492,9 +495,10 @@ func (ep *endpoint) GetSockOptInt(opt tcpip.SockOptInt) (int, tcpip.Error) {
 func (ep *endpoint) HandlePacket(nicID tcpip.NICID, netProto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
 	ep.packetMmapMu.RLock()
 	if ep.packetMMapEp != nil {
-		ep.packetMMapEp.HandlePacket(nicID, netProto, pkt)
-		ep.packetMmapMu.RUnlock()
-		return
+		if handled := ep.packetMMapEp.HandlePacket(nicID, netProto, pkt); handled {
+			ep.packetMmapMu.RUnlock()
+			return
+		}
 	}
 	ep.packetMmapMu.RUnlock()
 

@@ -29,8 +29,8 @@ func (p *rawPacket) beforeSave() {}
 // +checklocksignore
 func (p *rawPacket) StateSave(stateSinkObject state.Sink) {
 	p.beforeSave()
-	var receivedAtValue int64
-	receivedAtValue = p.saveReceivedAt()
+	receivedAtValue := p.saveReceivedAt()
+	_ = (int64)(receivedAtValue)
 	stateSinkObject.SaveValue(2, receivedAtValue)
 	stateSinkObject.Save(0, &p.rawPacketEntry)
 	stateSinkObject.Save(1, &p.data)

@@ -29,8 +29,10 @@ func (e *Endpoint) StateFields() []string {
 		"multicastTTL",
 		"multicastAddr",
 		"multicastNICID",
+		"ipv6MulticastNICID",
 		"ipv4TOS",
 		"ipv6TClass",
+		"pmtud",
 		"info",
 		"state",
 	}
@@ -56,10 +58,12 @@ func (e *Endpoint) StateSave(stateSinkObject state.Sink) {
 	stateSinkObject.Save(12, &e.multicastTTL)
 	stateSinkObject.Save(13, &e.multicastAddr)
 	stateSinkObject.Save(14, &e.multicastNICID)
-	stateSinkObject.Save(15, &e.ipv4TOS)
-	stateSinkObject.Save(16, &e.ipv6TClass)
-	stateSinkObject.Save(17, &e.info)
-	stateSinkObject.Save(18, &e.state)
+	stateSinkObject.Save(15, &e.ipv6MulticastNICID)
+	stateSinkObject.Save(16, &e.ipv4TOS)
+	stateSinkObject.Save(17, &e.ipv6TClass)
+	stateSinkObject.Save(18, &e.pmtud)
+	stateSinkObject.Save(19, &e.info)
+	stateSinkObject.Save(20, &e.state)
 }
 
 func (e *Endpoint) afterLoad(context.Context) {}
@@ -81,10 +85,12 @@ func (e *Endpoint) StateLoad(ctx context.Context, stateSourceObject state.Source
 	stateSourceObject.Load(12, &e.multicastTTL)
 	stateSourceObject.Load(13, &e.multicastAddr)
 	stateSourceObject.Load(14, &e.multicastNICID)
-	stateSourceObject.Load(15, &e.ipv4TOS)
-	stateSourceObject.Load(16, &e.ipv6TClass)
-	stateSourceObject.Load(17, &e.info)
-	stateSourceObject.Load(18, &e.state)
+	stateSourceObject.Load(15, &e.ipv6MulticastNICID)
+	stateSourceObject.Load(16, &e.ipv4TOS)
+	stateSourceObject.Load(17, &e.ipv6TClass)
+	stateSourceObject.Load(18, &e.pmtud)
+	stateSourceObject.Load(19, &e.info)
+	stateSourceObject.Load(20, &e.state)
 }
 
 func (m *multicastMembership) StateTypeName() string {

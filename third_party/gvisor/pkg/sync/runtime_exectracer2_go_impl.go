@@ -14,9 +14,8 @@
 
 package sync
 
-// Values for the reason argument to gopark, from Go's src/runtime/runtime2.go.
+// TraceBlockReason constants, from Go's src/runtime/trace2runtime.go.
 const (
-	WaitReasonSelect      uint8 = 9  // +checkconst runtime waitReasonSelect
-	WaitReasonChanReceive uint8 = 14 // +checkconst runtime waitReasonChanReceive
-	WaitReasonSemacquire  uint8 = 18 // +checkconst runtime waitReasonSemacquire
+	TraceBlockSelect TraceBlockReason = 3
+	TraceBlockSync   TraceBlockReason = 5
 )

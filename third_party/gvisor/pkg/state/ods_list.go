@@ -6,14 +6,14 @@ package state
 // objects, if they are not the same. An ElementMapper is not typically
 // required if: Linker is left as is, Element is left as is, or Linker and
 // Element are the same type.
-type completeElementMapper struct{}
+type odsElementMapper struct{}
 
 // linkerFor maps an Element to a Linker.
 //
 // This default implementation should be inlined.
 //
 //go:nosplit
-func (completeElementMapper) linkerFor(elem *objectDecodeState) *objectDecodeState { return elem }
+func (odsElementMapper) linkerFor(elem *odsListElem) *odsListElem { return elem }
 
 // List is an intrusive list. Entries can be added to or removed from the list
 // in O(1) time and with no additional memory allocations.
@@ -27,13 +27,13 @@ func (completeElementMapper) linkerFor(elem *objectDecodeState) *objectDecodeSta
 //	}
 //
 // +stateify savable
-type completeList struct {
-	head *objectDecodeState
-	tail *objectDecodeState
+type odsList struct {
+	head *odsListElem
+	tail *odsListElem
 }
 
 // Reset resets list l to the empty state.
-func (l *completeList) Reset() {
+func (l *odsList) Reset() {
 	l.head = nil
 	l.tail = nil
 }
@@ -41,21 +41,21 @@ func (l *completeList) Reset() {
 // Empty returns true iff the list is empty.
 //
 //go:nosplit
-func (l *completeList) Empty() bool {
+func (l *odsList) Empty() bool {
 	return l.head == nil
 }
 
 // Front returns the first element of list l or nil.
 //
 //go:nosplit
-func (l *completeList) Front() *objectDecodeState {
+func (l *odsList) Front() *odsListElem {
 	return l.head
 }
 
 // Back returns the last element of list l or nil.
 //
 //go:nosplit
-func (l *completeList) Back() *objectDecodeState {
+func (l *odsList) Back() *odsListElem {
 	return l.tail
 }
 
@@ -64,8 +64,8 @@ func (l *completeList) Back() *objectDecodeState {
 // NOTE: This is an O(n) operation.
 //
 //go:nosplit
-func (l *completeList) Len() (count int) {
-	for e := l.Front(); e != nil; e = (completeElementMapper{}.linkerFor(e)).Next() {
+func (l *odsList) Len() (count int) {
+	for e := l.Front(); e != nil; e = (odsElementMapper{}.linkerFor(e)).Next() {
 		count++
 	}
 	return count
@@ -74,12 +74,12 @@ func (l *completeList) Len() (count int) {
 // PushFront inserts the element e at the front of list l.
 //
 //go:nosplit
-func (l *completeList) PushFront(e *objectDecodeState) {
-	linker := completeElementMapper{}.linkerFor(e)
+func (l *odsList) PushFront(e *odsListElem) {
+	linker := odsElementMapper{}.linkerFor(e)
 	linker.SetNext(l.head)
 	linker.SetPrev(nil)
 	if l.head != nil {
-		completeElementMapper{}.linkerFor(l.head).SetPrev(e)
+		odsElementMapper{}.linkerFor(l.head).SetPrev(e)
 	} else {
 		l.tail = e
 	}
@@ -90,13 +90,13 @@ func (l *completeList) PushFront(e *objectDecodeState) {
 // PushFrontList inserts list m at the start of list l, emptying m.
 //
 //go:nosplit
-func (l *completeList) PushFrontList(m *completeList) {
+func (l *odsList) PushFrontList(m *odsList) {
 	if l.head == nil {
 		l.head = m.head
 		l.tail = m.tail
 	} else if m.head != nil {
-		completeElementMapper{}.linkerFor(l.head).SetPrev(m.tail)
-		completeElementMapper{}.linkerFor(m.tail).SetNext(l.head)
+		odsElementMapper{}.linkerFor(l.head).SetPrev(m.tail)
+		odsElementMapper{}.linkerFor(m.tail).SetNext(l.head)
 
 		l.head = m.head
 	}
@@ -107,12 +107,12 @@ func (l *completeList) PushFrontList(m *completeList) {
 // PushBack inserts the element e at the back of list l.
 //
 //go:nosplit
-func (l *completeList) PushBack(e *objectDecodeState) {
-	linker := completeElementMapper{}.linkerFor(e)
+func (l *odsList) PushBack(e *odsListElem) {
+	linker := odsElementMapper{}.linkerFor(e)
 	linker.SetNext(nil)
 	linker.SetPrev(l.tail)
 	if l.tail != nil {
-		completeElementMapper{}.linkerFor(l.tail).SetNext(e)
+		odsElementMapper{}.linkerFor(l.tail).SetNext(e)
 	} else {
 		l.head = e
 	}
@@ -123,13 +123,13 @@ func (l *completeList) PushBack(e *objectDecodeState) {
 // PushBackList inserts list m at the end of list l, emptying m.
 //
 //go:nosplit
-func (l *completeList) PushBackList(m *completeList) {
+func (l *odsList) PushBackList(m *odsList) {
 	if l.head == nil {
 		l.head = m.head
 		l.tail = m.tail
 	} else if m.head != nil {
-		completeElementMapper{}.linkerFor(l.tail).SetNext(m.head)
-		completeElementMapper{}.linkerFor(m.head).SetPrev(l.tail)
+		odsElementMapper{}.linkerFor(l.tail).SetNext(m.head)
+		odsElementMapper{}.linkerFor(m.head).SetPrev(l.tail)
 
 		l.tail = m.tail
 	}
@@ -140,9 +140,9 @@ func (l *completeList) PushBackList(m *completeList) {
 // InsertAfter inserts e after b.
 //
 //go:nosplit
-func (l *completeList) InsertAfter(b, e *objectDecodeState) {
-	bLinker := completeElementMapper{}.linkerFor(b)
-	eLinker := completeElementMapper{}.linkerFor(e)
+func (l *odsList) InsertAfter(b, e *odsListElem) {
+	bLinker := odsElementMapper{}.linkerFor(b)
+	eLinker := odsElementMapper{}.linkerFor(e)
 
 	a := bLinker.Next()
 
@@ -151,7 +151,7 @@ func (l *completeList) InsertAfter(b, e *objectDecodeState) {
 	bLinker.SetNext(e)
 
 	if a != nil {
-		completeElementMapper{}.linkerFor(a).SetPrev(e)
+		odsElementMapper{}.linkerFor(a).SetPrev(e)
 	} else {
 		l.tail = e
 	}
@@ -160,9 +160,9 @@ func (l *completeList) InsertAfter(b, e *objectDecodeState) {
 // InsertBefore inserts e before a.
 //
 //go:nosplit
-func (l *completeList) InsertBefore(a, e *objectDecodeState) {
-	aLinker := completeElementMapper{}.linkerFor(a)
-	eLinker := completeElementMapper{}.linkerFor(e)
+func (l *odsList) InsertBefore(a, e *odsListElem) {
+	aLinker := odsElementMapper{}.linkerFor(a)
+	eLinker := odsElementMapper{}.linkerFor(e)
 
 	b := aLinker.Prev()
 	eLinker.SetNext(a)
@@ -170,7 +170,7 @@ func (l *completeList) InsertBefore(a, e *objectDecodeState) {
 	aLinker.SetPrev(e)
 
 	if b != nil {
-		completeElementMapper{}.linkerFor(b).SetNext(e)
+		odsElementMapper{}.linkerFor(b).SetNext(e)
 	} else {
 		l.head = e
 	}
@@ -179,19 +179,19 @@ func (l *completeList) InsertBefore(a, e *objectDecodeState) {
 // Remove removes e from l.
 //
 //go:nosplit
-func (l *completeList) Remove(e *objectDecodeState) {
-	linker := completeElementMapper{}.linkerFor(e)
+func (l *odsList) Remove(e *odsListElem) {
+	linker := odsElementMapper{}.linkerFor(e)
 	prev := linker.Prev()
 	next := linker.Next()
 
 	if prev != nil {
-		completeElementMapper{}.linkerFor(prev).SetNext(next)
+		odsElementMapper{}.linkerFor(prev).SetNext(next)
 	} else if l.head == e {
 		l.head = next
 	}
 
 	if next != nil {
-		completeElementMapper{}.linkerFor(next).SetPrev(prev)
+		odsElementMapper{}.linkerFor(next).SetPrev(prev)
 	} else if l.tail == e {
 		l.tail = prev
 	}
@@ -205,35 +205,35 @@ func (l *completeList) Remove(e *objectDecodeState) {
 // methods needed by List.
 //
 // +stateify savable
-type completeEntry struct {
-	next *objectDecodeState
-	prev *objectDecodeState
+type odsEntry struct {
+	next *odsListElem
+	prev *odsListElem
 }
 
 // Next returns the entry that follows e in the list.
 //
 //go:nosplit
-func (e *completeEntry) Next() *objectDecodeState {
+func (e *odsEntry) Next() *odsListElem {
 	return e.next
 }
 
 // Prev returns the entry that precedes e in the list.
 //
 //go:nosplit
-func (e *completeEntry) Prev() *objectDecodeState {
+func (e *odsEntry) Prev() *odsListElem {
 	return e.prev
 }
 
 // SetNext assigns 'entry' as the entry that follows e in the list.
 //
 //go:nosplit
-func (e *completeEntry) SetNext(elem *objectDecodeState) {
+func (e *odsEntry) SetNext(elem *odsListElem) {
 	e.next = elem
 }
 
 // SetPrev assigns 'entry' as the entry that precedes e in the list.
 //
 //go:nosplit
-func (e *completeEntry) SetPrev(elem *objectDecodeState) {
+func (e *odsEntry) SetPrev(elem *odsListElem) {
 	e.prev = elem
 }
