@@ -11,7 +11,12 @@ import (
 
 // The backend's modes, chosen by the first byte a connection sends.
 const (
-	modeSink   = 'S' // read to EOF, then answer the byte count (8 bytes, big endian)
+	modeSink = 'S' // read to EOF, then answer the byte count (8 bytes, big endian)
+	// modeFramed reads frames (a 4-byte big-endian length, then that many
+	// bytes) up to one of length zero, then answers the byte count of the
+	// frames, headers included (8 bytes, big endian). Uploads use it, not
+	// modeSink, because some tunnels (frp) do not carry a half-close.
+	modeFramed = 'F'
 	modeSource = 'D' // send until the peer goes away (or maxSourceBytes)
 	modeEcho   = 'E' // echo everything, the mode byte included
 )
@@ -90,6 +95,31 @@ func (b *backend) handle(c net.Conn) {
 					c.Write(out[:])
 				}
 				return
+			}
+		}
+	case modeFramed:
+		buf := make([]byte, backendBufSize)
+		var n int64
+		for {
+			var hdr [4]byte
+			if _, err := io.ReadFull(c, hdr[:]); err != nil {
+				return
+			}
+			size := int64(binary.BigEndian.Uint32(hdr[:]))
+			if size == 0 {
+				var out [8]byte
+				binary.BigEndian.PutUint64(out[:], uint64(n))
+				c.Write(out[:])
+				return
+			}
+			n += 4
+			for size > 0 {
+				m, err := c.Read(buf[:min(int64(len(buf)), size)])
+				n += int64(m)
+				size -= int64(m)
+				if err != nil {
+					return
+				}
 			}
 		}
 	case modeSource:

@@ -2,11 +2,10 @@
 
 package main
 
-// An in-process copy of threshold's data path for profiling with the Go
-// tools: the server's netstack + WireGuard device + forward.Gateway and the
-// client's netstack + WireGuard device + forward.Connector, wired as
-// cmd/threshold wires them (minus heartbeats and the management API), the
-// two devices linked over loopback UDP, in front of the bench's backend.
+// threshold's data path in process, for profiling with the Go tools: a
+// server and a client built by server.New and client.New (the constructors
+// cmd/threshold runs), linked over loopback UDP, in front of the bench's
+// backend.
 // It is built only with -tags inproc (it uses the internal packages' APIs,
 // which move faster than the binary's), and even then the benchmarks run
 // only with -bench and the idle-memory test only with BENCH_IDLE_HEAP set.
@@ -25,6 +24,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
@@ -32,8 +32,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thresholdtunnel/threshold/client"
+	"github.com/thresholdtunnel/threshold/control"
 	"github.com/thresholdtunnel/threshold/forward"
+	"github.com/thresholdtunnel/threshold/keyfile"
 	"github.com/thresholdtunnel/threshold/netstack"
+	"github.com/thresholdtunnel/threshold/server"
 	"github.com/thresholdtunnel/threshold/wg"
 )
 
@@ -52,6 +56,8 @@ func (p *inproc) close() {
 	}
 }
 
+// newInproc runs a server and a client through the same constructors as
+// cmd/threshold (server.New, client.New), minus the processes.
 func newInproc(tb testing.TB) *inproc {
 	tb.Helper()
 	p := &inproc{}
@@ -67,53 +73,41 @@ func newInproc(tb testing.TB) *inproc {
 	p.backend, err = startBackend()
 	must(err)
 	p.closers = append(p.closers, p.backend.close)
-
-	serverKey, err := wg.GenerateKey()
+	dir := tb.TempDir()
+	clientKey, err := keyfile.Load(filepath.Join(dir, "client.key"), log)
 	must(err)
-	clientKey, err := wg.GenerateKey()
-	must(err)
-	serverAddr, clientAddr := wg.ServerAddr, wg.ClientAddr(clientKey.PublicKey())
-	bits := 128
-	if os.Getenv("BENCH_INPROC_V4") == "1" {
-		// To compare gVisor's IPv4 path with the IPv6 one threshold uses.
-		serverAddr, clientAddr, bits = netip.MustParseAddr("10.99.0.1"), netip.MustParseAddr("10.99.0.2"), 32
-	}
 	udpPort, err := freePort("udp")
+	must(err)
+	mgmtPort, err := freePort("tcp")
 	must(err)
 	publicPort, err := freePort("tcp")
 	must(err)
+	ctx, cancel := context.WithCancel(context.Background())
+	p.closers = append(p.closers, cancel)
 
-	// Server side, as in cmd/threshold/server.go.
-	srvStack, err := netstack.New(netstack.Options{Addresses: []netip.Addr{serverAddr}})
+	srv, err := server.New(server.Config{
+		TunnelControlPort: udpPort, ManagementPort: mgmtPort, PrivateKeyFile: filepath.Join(dir, "server.key"),
+		Clients: []control.Registration{{ClientId: "bench", PublicKey: clientKey.PublicKey().String()}},
+	}, log)
 	must(err)
-	p.srvStack = srvStack
-	srvDev, err := wg.New(wg.Config{PrivateKey: serverKey, ListenPort: udpPort, TUN: srvStack, Logger: log})
+	p.closers = append(p.closers, func() { srv.Close() })
+	go srv.Run(ctx)
+	cli, err := client.New(ctx, client.Config{
+		ClientId: "bench", ServerHost: "127.0.0.1", ServerTunnelControlPort: udpPort,
+		ServerPublicKey: srv.PublicKey().String(), PrivateKeyFile: filepath.Join(dir, "client.key"),
+		ServiceToLocalAddrMap: map[string]string{"bench": p.backend.addr()},
+	}, log)
 	must(err)
-	p.closers = append(p.closers, func() { srvDev.Close() })
-	must(srvDev.SetPeer(wg.Peer{PublicKey: clientKey.PublicKey(), AllowedIPs: []netip.Prefix{netip.PrefixFrom(clientAddr, bits)}}))
-	gw, err := forward.NewGateway(forward.GatewayConfig{Logger: log, Dial: func(ctx context.Context, _ string) (net.Conn, error) {
-		return srvStack.DialTCP(ctx, netip.AddrPortFrom(clientAddr, 4000))
-	}})
-	must(err)
-	p.closers = append(p.closers, func() { gw.Close() })
-
-	// Client side, as in cmd/threshold/client.go.
-	cliStack, err := netstack.New(netstack.Options{Addresses: []netip.Addr{clientAddr}})
-	must(err)
-	p.cliStack, p.clientAddr = cliStack, clientAddr
-	cliDev, err := wg.New(wg.Config{PrivateKey: clientKey, TUN: cliStack, Logger: log})
-	must(err)
-	p.closers = append(p.closers, func() { cliDev.Close() })
-	must(cliDev.SetPeer(wg.Peer{PublicKey: serverKey.PublicKey(), AllowedIPs: []netip.Prefix{netip.PrefixFrom(serverAddr, bits)},
-		Endpoint: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(udpPort)), PersistentKeepalive: 25 * time.Second}))
-	conn, err := forward.NewConnector(forward.ConnectorConfig{Logger: log, Services: map[string]string{"bench": p.backend.addr()}})
-	must(err)
-	p.closers = append(p.closers, func() { conn.Close() })
-	ln, err := cliStack.ListenTCP(netip.AddrPortFrom(clientAddr, 4000))
-	must(err)
-	go conn.Serve(ln)
-
-	_, err = gw.Apply([]forward.Tunnel{{ListenAddress: "127.0.0.1", ListenPort: publicPort, BackEndService: "bench", ClientId: "bench"}})
+	p.closers = append(p.closers, func() { cli.Close() })
+	go cli.Run(ctx)
+	p.srvStack, p.cliStack, p.clientAddr = srv.Stack(), cli.Stack(), wg.ClientAddr(clientKey.PublicKey())
+	for deadline := time.Now().Add(20 * time.Second); srv.Control().Clients()["bench"].CurrentState != control.ClientConnected; {
+		if time.Now().After(deadline) {
+			tb.Fatal("the client did not connect")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_, err = srv.Control().SetTunnels([]forward.Tunnel{{ListenAddress: "127.0.0.1", ListenPort: publicPort, BackEndService: "bench", ClientId: "bench"}})
 	must(err)
 	p.public = net.JoinHostPort("127.0.0.1", strconv.Itoa(publicPort))
 	must(ready(p.public, 20*time.Second))
@@ -296,7 +290,8 @@ func TestInProcIdleHeap(t *testing.T) {
 	if set.errs > 0 {
 		t.Fatalf("%d failed: %v", set.errs, set.firstErr)
 	}
-	time.Sleep(time.Second)
+	// Joins stop copying after a second of quiet (forward.Join).
+	time.Sleep(3 * time.Second)
 	runtime.GC()
 	runtime.ReadMemStats(&m1)
 	g1 := runtime.NumGoroutine()

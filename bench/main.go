@@ -21,6 +21,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -28,6 +29,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -35,24 +37,45 @@ import (
 )
 
 type options struct {
-	runs        int
-	quick       bool
-	out         string
-	bulk        time.Duration
-	rateDur     time.Duration
-	pings       int
-	idle        []int
-	streams     int
-	workers     int
-	maxBytes    int64
-	maxConns    int64
-	paths       []string
-	tests       []string
-	bin         string
-	perfDir     string
-	settle      time.Duration
-	keep        bool
-	commandLine string
+	runs         int
+	quick        bool
+	out          string
+	bulk         time.Duration
+	rateDur      time.Duration
+	pings        int
+	idle         []int
+	streams      int
+	workers      int
+	maxBytes     int64
+	maxConns     int64
+	paths        []string
+	tests        []string
+	bin          string
+	beforeBin    string
+	thresholdEnv []string
+	perfDir      string
+	settle       time.Duration
+	keep         bool
+	peers        []peerSpec
+	commandLine  string
+}
+
+// peerFlags collects repeated -peer flags.
+type peerFlags []peerSpec
+
+func (f *peerFlags) String() string { return "" }
+func (f *peerFlags) Set(s string) error {
+	spec, err := parsePeer(s)
+	if err != nil {
+		return err
+	}
+	for _, p := range *f {
+		if p.kind == spec.kind {
+			return fmt.Errorf("peer %s given twice", spec.kind)
+		}
+	}
+	*f = append(*f, spec)
+	return nil
 }
 
 var allPaths = []string{"threshold", "direct", "stock"}
@@ -111,9 +134,19 @@ func parseOptions(args []string) (*options, error) {
 	fs.IntVar(&o.workers, "workers", 32, "concurrent workers of the short-connection test")
 	fs.Int64Var(&o.maxBytes, "max-bytes", 32<<30, "cap on the bytes of one bulk stream")
 	fs.Int64Var(&o.maxConns, "max-conns", 200000, "cap on the connections of one short-connection run")
-	paths := fs.String("paths", strings.Join(allPaths, ","), "paths to measure")
+	fs.Func("threshold-env", "set `KEY=VALUE` in the environment of the threshold path's processes only (not -before's); repeatable", func(s string) error {
+		if k, _, ok := strings.Cut(s, "="); !ok || k == "" {
+			return fmt.Errorf("%q: want KEY=VALUE", s)
+		}
+		o.thresholdEnv = append(o.thresholdEnv, s)
+		return nil
+	})
+	var peers peerFlags
+	fs.Var(&peers, "peer", "also measure a peer tunnel, `NAME=SERVER_BINARY,CLIENT_BINARY` (NAME: frp); repeatable")
+	paths := fs.String("paths", "", "paths to measure (default: "+strings.Join(allPaths, ",")+" and every -peer)")
 	tests := fs.String("tests", strings.Join(allTests, ","), "tests to run: "+strings.Join(allTests, ","))
 	fs.StringVar(&o.bin, "bin", "", "use this threshold binary instead of building ./cmd/threshold")
+	fs.StringVar(&o.beforeBin, "before", "", "also measure this threshold `BINARY` (say, built from an earlier commit) as the path \"before\", side by side")
 	fs.StringVar(&o.perfDir, "perf", "", "record `perf` profiles of the tunnel processes during the first run's tests into this directory (perturbs the figures)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (binaries, configs, logs)")
 	if err := fs.Parse(args); err != nil {
@@ -163,8 +196,19 @@ func parseOptions(args []string) (*options, error) {
 		o.idle = append(o.idle, n)
 		prev = n
 	}
+	o.peers = peers
+	known := slices.Clone(allPaths)
+	if o.beforeBin != "" {
+		known = append(known, "before")
+	}
+	for _, p := range peers {
+		known = append(known, p.kind)
+	}
+	if *paths == "" {
+		*paths = strings.Join(known, ",")
+	}
 	var err error
-	if o.paths, err = pickList(*paths, allPaths); err != nil {
+	if o.paths, err = pickList(*paths, known); err != nil {
 		return nil, fmt.Errorf("-paths: %w", err)
 	}
 	if o.tests, err = pickList(*tests, allTests); err != nil {
@@ -205,6 +249,8 @@ type bench struct {
 	backend   *backend
 	threshold *thresholdPath
 	stock     *stockPath
+	before    *thresholdPath // -before
+	peerRuns  int            // peer instances started, for directory names
 	live      []*instance
 	started   time.Time
 }
@@ -318,7 +364,24 @@ func (b *bench) build() error {
 		} else {
 			b.res.build = "the binary given with -bin (" + bin + ")"
 		}
-		b.threshold = &thresholdPath{bin: bin, dir: b.dir}
+		b.threshold = &thresholdPath{name: "threshold", bin: bin, dir: b.dir, env: b.opts.thresholdEnv}
+		if len(b.opts.thresholdEnv) > 0 {
+			b.res.build += " (environment " + strings.Join(b.opts.thresholdEnv, " ") + ")"
+		}
+	}
+	if b.has(b.opts.paths, "before") {
+		bin, err := filepath.Abs(b.opts.beforeBin)
+		if err != nil {
+			return err
+		}
+		b.before = &thresholdPath{name: "before", bin: bin, dir: b.dir}
+		b.res.peerInfo = append(b.res.peerInfo, "before: the threshold binary "+bin+" given with -before")
+	}
+	for _, p := range b.opts.peers {
+		if b.has(b.opts.paths, p.kind) {
+			b.res.peerInfo = append(b.res.peerInfo, fmt.Sprintf("%s binaries: %s (`--version`: %s), %s (`--version`: %s)",
+				p.kind, p.serverBin, binVersion(p.serverBin), p.clientBin, binVersion(p.clientBin)))
+		}
 	}
 	if b.has(b.opts.paths, "stock") {
 		bin := filepath.Join(b.dir, "stock")
@@ -329,6 +392,18 @@ func (b *bench) build() error {
 		b.stock = &stockPath{bin: bin, dir: b.dir}
 	}
 	return nil
+}
+
+// binVersion is the first line a binary prints for --version.
+func binVersion(bin string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "--version").Output()
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	return line
 }
 
 // describeTree names the commit of the tree the binary is built from.
@@ -364,14 +439,33 @@ func (b *bench) startPath(name string) (*instance, error) {
 		in, err = b.threshold.start(b.backend.addr())
 	case "stock":
 		in, err = b.stock.start(b.backend.addr())
-	default:
+	case "before":
+		in, err = b.before.start(b.backend.addr())
+	case "direct":
 		return &instance{path: "direct", addr: b.backend.addr()}, nil
+	default:
+		in, err = b.startPeer(name)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("starting the %s path: %w", name, err)
 	}
 	b.live = append(b.live, in)
 	return in, nil
+}
+
+func (b *bench) startPeer(name string) (*instance, error) {
+	for _, spec := range b.opts.peers {
+		if spec.kind != name {
+			continue
+		}
+		b.peerRuns++
+		env, err := loopbackPeerEnv(filepath.Join(b.dir, fmt.Sprintf("%s-%d", name, b.peerRuns)), b.backend.addr())
+		if err != nil {
+			return nil, err
+		}
+		return startPeer(spec, env)
+	}
+	return nil, fmt.Errorf("no peer %q", name)
 }
 
 func (b *bench) stopPath(in *instance) {

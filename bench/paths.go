@@ -30,14 +30,26 @@ type proc struct {
 	err  error
 }
 
-func startProc(name, logPath, bin string, args ...string) (*proc, error) {
+// startProc starts bin with args, its output going to logPath. A non-empty
+// prefix is a command that runs it, such as ["ip", "netns", "exec", "NS"]
+// (which execs bin in place, so the pid stays the program's own).
+func startProc(name, logPath string, prefix []string, bin string, args ...string) (*proc, error) {
+	return startProcEnv(name, logPath, nil, prefix, bin, args...)
+}
+
+// startProcEnv is startProc with extra KEY=VALUE environment variables.
+func startProcEnv(name, logPath string, env, prefix []string, bin string, args ...string) (*proc, error) {
 	f, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
 	p := &proc{name: name, log: logPath, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, args...)
+	argv := append(append(append([]string(nil), prefix...), bin), args...)
+	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Stdout, p.cmd.Stderr = f, f
+	if len(env) > 0 {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	// Die with the bench, whatever happens to it.
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
@@ -189,13 +201,15 @@ func ready(addr string, timeout time.Duration) error {
 // --- threshold ---
 
 type thresholdPath struct {
+	name     string   // the path's name: threshold, or before (-before)
+	env      []string // extra environment of the processes (-threshold-env)
 	bin, dir string
 	n        int // instances started, for file names
 }
 
 func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 	t.n++
-	dir := filepath.Join(t.dir, fmt.Sprintf("threshold-%d", t.n))
+	dir := filepath.Join(t.dir, fmt.Sprintf("%s-%d", t.name, t.n))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -234,7 +248,7 @@ func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 		"ServerPublicKey": serverKey.PublicKey().String(), "PrivateKeyFile": filepath.Join(dir, "client.key"),
 		"ServiceToLocalAddrMap": map[string]string{"bench": backendAddr},
 	}
-	in := &instance{path: "threshold", addr: fmt.Sprintf("127.0.0.1:%d", publicPort)}
+	in := &instance{path: t.name, addr: fmt.Sprintf("127.0.0.1:%d", publicPort)}
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("%w\n%s", err, in.logs())
@@ -254,7 +268,7 @@ func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 		if err := os.WriteFile(cfgPath, data, 0o600); err != nil {
 			return nil, err
 		}
-		p, err := startProc("threshold "+role, filepath.Join(dir, role+".log"), t.bin, role, "--config", cfgPath)
+		p, err := startProcEnv(t.name+" "+role, filepath.Join(dir, role+".log"), t.env, nil, t.bin, role, "--config", cfgPath)
 		if err != nil {
 			return nil, err
 		}
@@ -334,7 +348,7 @@ func (s *stockPath) start(backendAddr string) (_ *instance, err error) {
 			in.stop()
 		}
 	}()
-	srv, err := startProc("stock server", filepath.Join(dir, "server.log"), s.bin, "-mode", "server",
+	srv, err := startProc("stock server", filepath.Join(dir, "server.log"), nil, s.bin, "-mode", "server",
 		"-private", hexKey(serverKey), "-peer", hexKey(clientKey.PublicKey()),
 		"-wg-port", strconv.Itoa(wgPort), "-listen", in.addr)
 	if err != nil {
@@ -356,7 +370,7 @@ func (s *stockPath) start(backendAddr string) (_ *instance, err error) {
 	}); err != nil {
 		return nil, err
 	}
-	cli, err := startProc("stock client", filepath.Join(dir, "client.log"), s.bin, "-mode", "client",
+	cli, err := startProc("stock client", filepath.Join(dir, "client.log"), nil, s.bin, "-mode", "client",
 		"-private", hexKey(clientKey), "-peer", hexKey(serverKey.PublicKey()),
 		"-endpoint", fmt.Sprintf("127.0.0.1:%d", wgPort), "-backend", backendAddr)
 	if err != nil {

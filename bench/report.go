@@ -37,7 +37,8 @@ type results struct {
 	// CPU pressure (PSI "some" avg60) at the start and the end: how much
 	// other work competed for the CPUs.
 	pressureStart, pressureEnd string
-	build                      string // where the threshold binary came from
+	build                      string   // where the threshold binary came from
+	peerInfo                   []string // which peer binaries were measured
 	elapsed                    time.Duration
 }
 
@@ -156,33 +157,61 @@ type target struct {
 	ok       bool // false: not measured
 }
 
+// Baseline figures of the committed tree before the data path work of
+// issue 11 (BENCHMARKS.md, "Before"), for the targets that are relative
+// to "today": threshold's single-stream throughput as a share of direct
+// loopback, and its short-connection rate as a share of direct.
+const (
+	baselineUpOfDirect   = 0.0397
+	baselineDownOfDirect = 0.0297
+	baselineRateOfDirect = 0.166
+)
+
 func (r *results) targets() []target {
 	var ts []target
-	frac := func(metric, base string, min float64, name string) {
-		t, ok1 := r.median(metric, "threshold")
-		b, ok2 := r.median(metric, base)
-		if !ok1 || !ok2 || b == 0 {
-			ts = append(ts, target{name: name})
-			return
-		}
-		q := t / b
-		m := fmt.Sprintf("%.1f%% of %s", 100*q, base)
-		if base == "stock" {
-			m = fmt.Sprintf("%.2fx stock", q)
-		}
-		ts = append(ts, target{name: name, measured: m, pass: q >= min, ok: true})
+	med := func(metric, path string) (float64, bool) {
+		v, ok := r.median(metric, path)
+		return v, ok && v != 0
 	}
-	frac(mUp, "direct", 0.15, "single-stream upload ≥ 15% of direct")
-	frac(mDown, "direct", 0.15, "single-stream download ≥ 15% of direct")
-	frac(mUp, "stock", 6, "single-stream upload ≥ 6x stock")
-	frac(mDown, "stock", 6, "single-stream download ≥ 6x stock")
-	frac(mRate, "direct", 0.25, "short-connection rate ≥ 25% of direct")
-	t, ok1 := r.median(mP50, "threshold")
-	d, ok2 := r.median(mP50, "direct")
-	if ok1 && ok2 {
-		ts = append(ts, target{name: "added p50 latency ≤ 150 µs over direct", measured: fmt.Sprintf("+%.0f µs (%.0f vs %.0f)", t-d, t, d), pass: t-d <= 150, ok: true})
+	// CPU per GB of the two tunnel processes, single stream each way.
+	for _, m := range []struct{ metric, dir string }{{mCPUUp, "upload"}, {mCPUDown, "download"}} {
+		name := "tunnel CPU ≤ 8 core-s per GB server+client, single-stream " + m.dir
+		if v, ok := med(m.metric, "threshold"); ok {
+			ts = append(ts, target{name: name, measured: fmt.Sprintf("%.2f core-s/GB", v), pass: v <= 8, ok: true})
+		} else {
+			ts = append(ts, target{name: name})
+		}
+	}
+	// Single-stream throughput against frp over TLS in the same run, or,
+	// without frp, against 2.5x the baseline share of direct.
+	for _, m := range []struct {
+		metric, dir string
+		base        float64
+	}{{mUp, "upload", baselineUpOfDirect}, {mDown, "download", baselineDownOfDirect}} {
+		t, okT := med(m.metric, "threshold")
+		if f, ok := med(m.metric, "frp"); ok {
+			name := "single-stream " + m.dir + " ≥ 1.0x frp (TLS)"
+			if !okT {
+				ts = append(ts, target{name: name})
+				continue
+			}
+			ts = append(ts, target{name: name, measured: fmt.Sprintf("%.2fx frp (%s vs %s MB/s)", t/f, num(t), num(f)), pass: t/f >= 1.0, ok: true})
+			continue
+		}
+		want := 2.5 * m.base
+		name := fmt.Sprintf("single-stream %s ≥ %.1f%% of direct (2.5x the baseline %.1f%%; no frp in this run)", m.dir, 100*want, 100*m.base)
+		d, okD := med(m.metric, "direct")
+		if !okT || !okD {
+			ts = append(ts, target{name: name})
+			continue
+		}
+		ts = append(ts, target{name: name, measured: fmt.Sprintf("%.1f%% of direct", 100*t/d), pass: t/d >= want, ok: true})
+	}
+	const latName = "64-byte round trip p50 ≤ 350 µs"
+	if v, ok := med(mP50, "threshold"); ok {
+		ts = append(ts, target{name: latName, measured: fmt.Sprintf("%.0f µs", v), pass: v <= 350, ok: true})
 	} else {
-		ts = append(ts, target{name: "added p50 latency ≤ 150 µs over direct"})
+		ts = append(ts, target{name: latName})
 	}
 	const rssName = "RSS with 1,000 idle connections ≤ 40 MB server+client"
 	if rss, ok := r.median("rss@1000", "threshold"); ok {
@@ -194,6 +223,26 @@ func (r *results) targets() []target {
 		ts = append(ts, target{name: rssName, measured: m, pass: rss <= 40 && fails == 0, ok: true})
 	} else {
 		ts = append(ts, target{name: rssName})
+	}
+	// "No worse than today": against the -before build in the same run
+	// when there is one (within 5%, the run-to-run noise of this figure
+	// here), else against the baseline's share of direct.
+	t, ok1 := med(mRate, "threshold")
+	if b, ok := med(mRate, "before"); ok {
+		name := "short-connection rate no worse than before (≥ 0.95x the -before build)"
+		if ok1 {
+			ts = append(ts, target{name: name, measured: fmt.Sprintf("%.2fx before (%.0f vs %.0f conn/s)", t/b, t, b), pass: t/b >= 0.95, ok: true})
+		} else {
+			ts = append(ts, target{name: name})
+		}
+		return ts
+	}
+	rateName := fmt.Sprintf("short-connection rate no worse than the baseline (≥ %.1f%% of direct)", 100*baselineRateOfDirect)
+	d, ok2 := med(mRate, "direct")
+	if ok1 && ok2 {
+		ts = append(ts, target{name: rateName, measured: fmt.Sprintf("%.1f%% of direct (%.0f vs %.0f conn/s)", 100*t/d, t, d), pass: t/d >= baselineRateOfDirect, ok: true})
+	} else {
+		ts = append(ts, target{name: rateName})
 	}
 	return ts
 }
@@ -210,16 +259,42 @@ func (r *results) render(o *options) string {
 	}
 	w("Settings: %d run(s) per figure (median, with min–max); bulk %s per stream; short connections for %s or %d per run, %d workers, 16-byte request and reply; %d round trips of 64 bytes on one connection; idle connections %v on fresh processes; file descriptor limit %s. MB = 10^6 bytes, GB = 10^9 bytes; CPU is utime+stime of the server and client processes from /proc, RSS their VmRSS summed.\n\n",
 		o.runs, o.bulk, o.rateDur, o.maxConns, o.workers, o.pings, o.idle, r.limitNote)
-	w("Paths: **threshold** = client → `threshold server` → WireGuard (loopback UDP) → `threshold client` → backend; **direct** = loopback TCP to the backend; **stock** = the same two-process shape on wireguard-go's stock `tun/netstack` (bench/stock). The backend and the load generator run in the bench process.\n\n")
-	w("| metric | threshold | direct | stock | threshold/direct | threshold/stock |\n")
-	w("|---|---|---|---|---|---|\n")
+	w("Paths: **threshold** = client → `threshold server` → WireGuard (loopback UDP) → `threshold client` → backend; **direct** = loopback TCP to the backend; **stock** = the same two-process shape on wireguard-go's stock `tun/netstack` (bench/stock)")
+	for _, p := range o.peers {
+		w("; **%s** = %s", p.kind, peerKinds[p.kind].about)
+	}
+	w(". The backend and the load generator run in the bench process.\n\n")
+	for _, p := range r.peerInfo {
+		w("%s\n\n", p)
+	}
+	// Columns: threshold first, then the other paths in the order given;
+	// then threshold's ratio to each of them.
+	cols := []string{"threshold"}
+	for _, p := range o.paths {
+		if p != "threshold" {
+			cols = append(cols, p)
+		}
+	}
+	w("| metric |")
+	for _, c := range cols {
+		w(" %s |", c)
+	}
+	for _, c := range cols[1:] {
+		w(" threshold/%s |", c)
+	}
+	w("\n|---|%s\n", strings.Repeat("---|", 2*len(cols)-1))
 	for _, row := range r.rows() {
 		if len(r.vals[row.metric]) == 0 {
 			continue
 		}
-		w("| %s | %s | %s | %s | %s | %s |\n", row.label,
-			r.cell(row.metric, "threshold"), r.cell(row.metric, "direct"), r.cell(row.metric, "stock"),
-			r.ratio(row.metric, "threshold", "direct"), r.ratio(row.metric, "threshold", "stock"))
+		w("| %s |", row.label)
+		for _, c := range cols {
+			w(" %s |", r.cell(row.metric, c))
+		}
+		for _, c := range cols[1:] {
+			w(" %s |", r.ratio(row.metric, "threshold", c))
+		}
+		w("\n")
 	}
 	w("\n### Targets\n\n| target | measured | result |\n|---|---|---|\n")
 	pass, total := 0, 0

@@ -8,7 +8,6 @@ import (
 	"maps"
 	"net"
 	"sort"
-	"sync"
 	"time"
 )
 
@@ -35,17 +34,9 @@ const DefaultHeaderTimeout = 10 * time.Second
 // Connector is the client's end: it accepts tunneled connections, reads
 // which service each is for, and joins it to that service.
 type Connector struct {
-	cfg ConnectorConfig
-	log *slog.Logger
-
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	closed    bool
-	live      sessions
+	cfg  ConnectorConfig
+	log  *slog.Logger
+	life lifecycle
 }
 
 // NewConnector checks the service map and returns a Connector.
@@ -78,8 +69,8 @@ func NewConnector(cfg ConnectorConfig) (*Connector, error) {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
 	cfg.Timeouts = cfg.Timeouts.withDefaults()
-	c := &Connector{cfg: cfg, log: cfg.Logger, listeners: make(map[net.Listener]struct{})}
-	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c := &Connector{cfg: cfg, log: cfg.Logger}
+	c.life.init(cfg.Logger)
 	return c, nil
 }
 
@@ -94,33 +85,15 @@ func sortedKeys(m map[string]string) []string {
 
 // Serve accepts tunneled connections on ln until ln or the Connector is
 // closed. It takes ownership of ln.
-func (c *Connector) Serve(ln net.Listener) error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		ln.Close()
-		return ErrClosed
-	}
-	c.listeners[ln] = struct{}{}
-	c.wg.Add(1)
-	c.mu.Unlock()
-	defer c.wg.Done()
-	defer func() {
-		c.mu.Lock()
-		delete(c.listeners, ln)
-		c.mu.Unlock()
-		ln.Close()
-	}()
-	return acceptLoop(c.ctx, ln, c.log, &c.wg, c.handle)
-}
+func (c *Connector) Serve(ln net.Listener) error { return c.life.serve(ln, c.handle) }
 
 func (c *Connector) handle(conn net.Conn) {
 	s := &session{}
-	if !c.live.start(s) {
+	if !c.life.live.start(s) {
 		conn.Close()
 		return
 	}
-	defer c.live.end(s)
+	defer c.life.live.end(s)
 	if !s.add(conn) {
 		return
 	}
@@ -141,7 +114,7 @@ func (c *Connector) handle(conn net.Conn) {
 		refuse(fmt.Errorf("%w: %q", ErrUnknownService, req.Service), log)
 		return
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout)
+	ctx, cancel := context.WithTimeout(c.life.ctx, c.cfg.DialTimeout)
 	backend, err := c.cfg.Dial(ctx, "tcp", addr)
 	cancel()
 	if err != nil {
@@ -169,26 +142,10 @@ func (c *Connector) handle(conn net.Conn) {
 }
 
 // Live reports how many tunneled connections are open.
-func (c *Connector) Live() int { return c.live.count() }
+func (c *Connector) Live() int { return c.life.live.count() }
 
 // Close stops every Serve, closes every connection and waits. Idempotent.
 func (c *Connector) Close() error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return nil
-	}
-	c.closed = true
-	lns := make([]net.Listener, 0, len(c.listeners))
-	for ln := range c.listeners {
-		lns = append(lns, ln)
-	}
-	c.mu.Unlock()
-	c.cancel()
-	for _, ln := range lns {
-		ln.Close()
-	}
-	c.live.shutdown()
-	c.wg.Wait()
+	c.life.close()
 	return nil
 }

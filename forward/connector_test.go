@@ -308,9 +308,9 @@ func TestConnectorServeStopsWhenListenerCloses(t *testing.T) {
 	go func() { served <- conn.Serve(ln) }()
 	// Wait until Serve is accepting before closing its listener.
 	ftWaitFor(t, ftPrompt, "Serve to register its listener", func() bool {
-		conn.mu.Lock()
-		defer conn.mu.Unlock()
-		return len(conn.listeners) == 1
+		conn.life.mu.Lock()
+		defer conn.life.mu.Unlock()
+		return len(conn.life.listeners) == 1
 	})
 	ln.Close()
 	select {
@@ -321,9 +321,9 @@ func TestConnectorServeStopsWhenListenerCloses(t *testing.T) {
 	case <-time.After(ftPrompt):
 		t.Fatal("Serve did not return when its listener closed")
 	}
-	conn.mu.Lock()
-	n := len(conn.listeners)
-	conn.mu.Unlock()
+	conn.life.mu.Lock()
+	n := len(conn.life.listeners)
+	conn.life.mu.Unlock()
 	if n != 0 {
 		t.Errorf("Connector still tracks %d listeners", n)
 	}

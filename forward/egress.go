@@ -44,7 +44,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -101,9 +100,13 @@ type EgressConfig struct {
 	DialTimeout time.Duration
 	// Timeouts bound the data phase (see Join).
 	Timeouts Timeouts
-	// ClientAllowed, if set, is asked before each request is served; an
-	// error refuses it with "connection not allowed by ruleset".
-	ClientAllowed func(clientID string) error
+	// Directory, if set, returns the newest snapshot of the registered
+	// clients: Serve identifies each connection's client by its tunnel
+	// address, and a client whose Peer.Socks5 is off (or that is not
+	// registered) is refused with "connection not allowed by ruleset".
+	// Without it ServeConn serves any client ID it is given, and Serve
+	// cannot be used.
+	Directory func() *Directory
 	// Meter, if set, gives each session that reaches the data phase a
 	// Meter told about bytes as they flow (AToB: sent by the client).
 	Meter func(clientID string) Meter
@@ -123,14 +126,7 @@ type Egress struct {
 	resolve func(ctx context.Context, host string) ([]netip.Addr, error)
 	dial    func(ctx context.Context, network, address string) (net.Conn, error)
 
-	ctx    context.Context
-	cancel context.CancelFunc
-
-	mu     sync.Mutex
-	closed bool
-	wg     sync.WaitGroup
-
-	live sessions
+	life lifecycle
 }
 
 // NewEgress checks cfg and returns an Egress.
@@ -174,7 +170,7 @@ func NewEgress(cfg EgressConfig) (*Egress, error) {
 		}
 		e.dial = d.DialContext
 	}
-	e.ctx, e.cancel = context.WithCancel(context.Background())
+	e.life.init(e.log)
 	return e, nil
 }
 
@@ -193,28 +189,24 @@ func (e *socksError) Unwrap() error { return e.err }
 // the destination, ErrClosed once the Egress is closed, and otherwise what
 // went wrong.
 func (e *Egress) ServeConn(clientID string, c net.Conn) error {
-	e.mu.Lock()
-	if e.closed {
-		e.mu.Unlock()
+	if !e.life.enter() {
 		c.Close()
 		return ErrClosed
 	}
-	e.wg.Add(1)
-	e.mu.Unlock()
-	defer e.wg.Done()
+	defer e.life.leave()
 
 	s := &session{client: clientID}
-	if !e.live.start(s) {
+	if !e.life.live.start(s) {
 		c.Close()
 		return ErrClosed
 	}
-	defer e.live.end(s)
+	defer e.life.live.end(s)
 	defer c.Close()
 	// Closing the session (Close, CloseClient) cancels ctx, which stops a
 	// resolution or dial in progress, and closes c and the destination.
-	ctx, cancel := context.WithCancel(e.ctx)
+	ctx, cancel := context.WithCancel(e.life.ctx)
 	defer cancel()
-	if !s.add(c) || !s.add(cancelOnClose{cancel: cancel}) {
+	if !s.add(c) || !s.add(cancelOnClose(cancel)) {
 		return ErrClosed
 	}
 	log := e.log.With("client", clientID)
@@ -307,6 +299,11 @@ func (e *Egress) handshake(ctx context.Context, clientID string, c net.Conn, log
 		if r.n >= 4 && r.atyp != 1 && r.atyp != 3 && r.atyp != 4 {
 			return nil, "", &socksError{socksAddrTypeUnsupported, fmt.Errorf("egress: address type %d not supported", r.atyp)}
 		}
+		if r.err != nil {
+			// go-socks5 flattens read errors into text; keep the real one,
+			// so a timeout is still a timeout.
+			err = r.err
+		}
 		return nil, "", fmt.Errorf("egress: reading request: %w", err)
 	}
 	d := req.DestAddr
@@ -320,8 +317,8 @@ func (e *Egress) handshake(ctx context.Context, clientID string, c net.Conn, log
 		log.Debug("egress: command not supported", "destination", dst, "command", req.Command)
 		return nil, dst, &socksError{socksCommandNotSupported, fmt.Errorf("egress: SOCKS command %d not supported", req.Command)}
 	}
-	if e.cfg.ClientAllowed != nil {
-		if err := e.cfg.ClientAllowed(clientID); err != nil {
+	if e.cfg.Directory != nil {
+		if err := socksAllowed(e.cfg.Directory(), clientID); err != nil {
 			log.Debug("egress: refused", "destination", dst, "reason", err)
 			return nil, dst, &socksError{socksNotAllowed, fmt.Errorf("%w: %w", ErrEgressDenied, err)}
 		}
@@ -473,11 +470,12 @@ func writeReply(w io.Writer, code byte, bnd netip.AddrPort) error {
 // parser, which ignores short reads of single bytes, cannot misparse, and
 // reads nothing beyond what is asked for: bytes behind the request stay in
 // the connection for the data phase. It notes the fourth byte of the
-// request (the address type) for the error reply.
+// request (the address type) for the error reply, and the read error.
 type exactReader struct {
 	r    io.Reader
 	n    int
 	atyp byte
+	err  error
 }
 
 func (x *exactReader) Read(p []byte) (int, error) {
@@ -486,68 +484,63 @@ func (x *exactReader) Read(p []byte) (int, error) {
 		x.atyp = p[3-x.n]
 	}
 	x.n += n
+	if err != nil {
+		x.err = err
+	}
 	return n, err
 }
 
-// cancelOnClose lets a session's close cancel a context: it is added to the
-// session like a connection, and only Close is ever called on it.
-type cancelOnClose struct {
-	net.Conn
-	cancel context.CancelFunc
-}
+// cancelOnClose lets a session's close cancel a context.
+type cancelOnClose func()
 
-func (c cancelOnClose) Close() error { c.cancel(); return nil }
+func (c cancelOnClose) Close() error { c(); return nil }
+
+// socksAllowed tells whether a client may use SOCKS5 egress now.
+func socksAllowed(d *Directory, clientID string) error {
+	p, ok := d.Peer(clientID)
+	switch {
+	case !ok:
+		return fmt.Errorf("client %q is not registered", clientID)
+	case !p.Socks5:
+		return fmt.Errorf("SOCKS5 is disabled for client %q", clientID)
+	}
+	return nil
+}
 
 // CloseClient ends every live session of a client, for when the client is
 // removed; it returns how many there were.
 func (e *Egress) CloseClient(clientID string) int {
-	return e.live.closeMatching(func(s *session) bool { return s.is("", clientID) })
+	return e.life.live.closeMatching(func(s *session) bool { return s.is("", clientID) })
 }
 
 // Live reports how many sessions are in progress.
-func (e *Egress) Live() int { return e.live.count() }
+func (e *Egress) Live() int { return e.life.live.count() }
 
 // Close ends every live session, makes later ServeConn calls fail with
 // ErrClosed and waits until every ServeConn call has returned. It is
 // idempotent.
 func (e *Egress) Close() error {
-	e.mu.Lock()
-	if e.closed {
-		e.mu.Unlock()
-		e.wg.Wait()
-		return nil
-	}
-	e.closed = true
-	e.mu.Unlock()
-	e.cancel()
-	e.live.shutdown()
-	e.wg.Wait()
+	e.life.close()
 	return nil
 }
 
 // Serve accepts SOCKS5 connections on ln (inside the tunnel) until ln or
-// the Egress is closed, asking identify which client each comes from; a
-// connection it cannot identify is closed. It takes ownership of ln.
-func (e *Egress) Serve(ln net.Listener, identify func(net.Conn) (string, error)) error {
-	e.mu.Lock()
-	if e.closed {
-		e.mu.Unlock()
+// the Egress is closed, identifying each connection's client by its source
+// address in the Directory; a connection from no registered client is
+// closed. It takes ownership of ln.
+func (e *Egress) Serve(ln net.Listener) error {
+	if e.cfg.Directory == nil {
 		ln.Close()
-		return ErrClosed
+		return errors.New("forward: Egress.Serve needs EgressConfig.Directory")
 	}
-	e.wg.Add(1)
-	e.mu.Unlock()
-	defer e.wg.Done()
-	stop := context.AfterFunc(e.ctx, func() { ln.Close() })
-	defer stop()
-	defer ln.Close()
-	return acceptLoop(e.ctx, ln, e.log, &e.wg, func(c net.Conn) {
-		id, err := identify(c)
-		if err != nil {
-			e.log.Info("egress: connection from an unknown peer refused", "err", err)
+	return e.life.serve(ln, func(c net.Conn) {
+		from := addrPortOf(c.RemoteAddr()) // nil after a failed connection
+		p, ok := e.cfg.Directory().ByAddr(from.Addr())
+		if !ok {
+			e.log.Info("egress: connection from an unknown peer refused", "from", addrString(c.RemoteAddr()))
 			c.Close()
 			return
 		}
-		e.ServeConn(id, c)
+		e.ServeConn(p.ID, c)
 	})
 }

@@ -839,11 +839,8 @@ func TestEgressClientNotAllowed(t *testing.T) {
 	echo := startEgressEcho(t)
 	e := newTestEgress(t, EgressConfig{
 		Policy: allowLoopback4,
-		ClientAllowed: func(id string) error {
-			if id == "blocked" {
-				return errors.New("SOCKS5 disabled for this client")
-			}
-			return nil
+		Directory: func() *Directory {
+			return NewDirectory(Peer{ID: "blocked", Socks5: false}, Peer{ID: "allowed", Socks5: true})
 		},
 	})
 	c, done := serveEgress(t, e, "blocked", nil)

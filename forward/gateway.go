@@ -12,10 +12,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/thresholdtunnel/threshold/forward/sniff"
 )
 
-// DialFunc opens a connection to a client, through the tunnel.
-type DialFunc func(ctx context.Context, clientID string) (net.Conn, error)
+// DialFunc opens a connection through the tunnel.
+type DialFunc func(ctx context.Context, to netip.AddrPort) (net.Conn, error)
 
 // ListenFunc opens a public listener.
 type ListenFunc func(ctx context.Context, network, address string) (net.Listener, error)
@@ -23,28 +25,20 @@ type ListenFunc func(ctx context.Context, network, address string) (net.Listener
 var (
 	// ErrInvalid classifies a tunnel list that is malformed or inconsistent.
 	ErrInvalid = errors.New("invalid tunnel configuration")
-	// ErrListen classifies a tunnel list whose ports cannot all be opened.
+	// ErrListen classifies a public port that cannot be opened.
 	ErrListen = errors.New("cannot listen")
-	// ErrClosed is returned by a Gateway or Connector after Close.
+	// ErrClosed is returned by a forwarder after Close or Shutdown.
 	ErrClosed = errors.New("forwarder closed")
 )
 
-// ProblemsError lists every problem that made a change be refused; it
-// unwraps to its Kind (ErrInvalid or ErrListen).
-type ProblemsError struct {
-	Kind     error
-	Problems []string
-}
-
-func (e *ProblemsError) Error() string {
-	return e.Kind.Error() + ": " + strings.Join(e.Problems, "; ")
-}
-
-func (e *ProblemsError) Unwrap() error { return e.Kind }
-
 // GatewayConfig configures a Gateway.
 type GatewayConfig struct {
-	// Dial reaches a client through the tunnel. Required.
+	// Directory returns the newest snapshot of the registered clients; a
+	// tunnel's new connections go to the first connected client in its
+	// list. Required.
+	Directory func() *Directory
+	// Dial opens a connection through the tunnel, to a client's
+	// Peer.Connector. Required.
 	Dial   DialFunc
 	Logger *slog.Logger // required
 	// Listen opens public listeners; the kernel's TCP stack by default.
@@ -52,12 +46,8 @@ type GatewayConfig struct {
 	// DialTimeout bounds reaching the client and sending it the request.
 	DialTimeout time.Duration
 	Timeouts    Timeouts
-	// Connected tells whether a client is connected now; a tunnel's new
-	// connections go to the first connected client in its list. Nil
-	// treats every client as connected.
-	Connected func(clientID string) bool
 	// PeekTimeout bounds reading a TLS ClientHello or HTTP request head on a
-	// port whose tunnels are chosen by host name; DefaultPeekTimeout if zero.
+	// port whose tunnels are chosen by host name; sniff.DefaultTimeout if zero.
 	PeekTimeout time.Duration
 	// Observe, if set, is called for each connection handed to a client;
 	// the ConnObserver it returns meters that connection.
@@ -85,32 +75,25 @@ const (
 	RejectBackendUnreachable = "backend_unreachable" // the client could not reach its service
 )
 
-// failoverDialTimeout bounds a dial to a client when another client could
-// take the connection instead: a live client answers well within it.
-const failoverDialTimeout = 2 * time.Second
+// RejectReasons lists every Reject* reason, for metrics that show each at 0.
+var RejectReasons = []string{RejectNoHostname, RejectNoRoute, RejectNoClient, RejectUnknownService, RejectBackendUnreachable}
 
 // DefaultDialTimeout bounds a dial through the tunnel.
 const DefaultDialTimeout = 5 * time.Second
 
 // Gateway is the server's public side: one listener per distinct
-// ListenAddress:ListenPort, each connection sent to its tunnel's client.
+// ListenAddress:ListenPort, each connection matched to one of the tunnels
+// on it (gateway.go) and handed to that tunnel's client (target.go).
 type Gateway struct {
-	cfg GatewayConfig
-	log *slog.Logger
+	cfg  GatewayConfig
+	log  *slog.Logger
+	life lifecycle
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-
-	applyMu   sync.Mutex // serializes Apply
+	changeMu  sync.Mutex // held from Prepare to Commit or Abort
 	mu        sync.Mutex
 	listeners map[string]*listener // by Tunnel.ListenKey
 	tunnels   []Tunnel
 	routeKeys map[string]bool // of tunnels
-	closed    bool
-	draining  bool // Shutdown began: Apply is refused
-
-	live sessions
 }
 
 type listener struct {
@@ -122,6 +105,9 @@ type listener struct {
 // NewGateway returns a Gateway with no tunnels.
 func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	var errs []error
+	if cfg.Directory == nil {
+		errs = append(errs, errors.New("forward: GatewayConfig.Directory is required"))
+	}
 	if cfg.Dial == nil {
 		errs = append(errs, errors.New("forward: GatewayConfig.Dial is required"))
 	}
@@ -139,17 +125,14 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
 	if cfg.PeekTimeout <= 0 {
-		cfg.PeekTimeout = DefaultPeekTimeout
-	}
-	if cfg.Connected == nil {
-		cfg.Connected = func(string) bool { return true }
+		cfg.PeekTimeout = sniff.DefaultTimeout
 	}
 	if cfg.Rejected == nil {
 		cfg.Rejected = func(string) {}
 	}
 	cfg.Timeouts = cfg.Timeouts.withDefaults()
 	g := &Gateway{cfg: cfg, log: cfg.Logger, listeners: make(map[string]*listener)}
-	g.ctx, g.cancel = context.WithCancel(context.Background())
+	g.life.init(cfg.Logger)
 	return g, nil
 }
 
@@ -159,8 +142,9 @@ func (g *Gateway) Tunnels() []Tunnel {
 	g.mu.Lock()
 	ts := slices.Clone(g.tunnels)
 	g.mu.Unlock()
+	dir := g.cfg.Directory()
 	for i := range ts {
-		ts[i].ActiveClientId = g.activeClient(ts[i])
+		ts[i].ActiveClientId = dir.Active(ts[i])
 	}
 	return ts
 }
@@ -171,103 +155,138 @@ func (g *Gateway) hasRoute(key string) bool {
 	return g.routeKeys[key]
 }
 
-// activeClient is the first connected client of t, or "" if none is.
-func (g *Gateway) activeClient(t Tunnel) string {
-	for _, id := range t.Clients() {
-		if g.cfg.Connected(id) {
-			return id
-		}
-	}
-	return ""
+// Change is a tunnel list ready to take effect: the listeners it needs are
+// open, and nothing else has changed yet, so live traffic is untouched.
+// Exactly one of Commit or Abort must follow; until then other changes
+// wait.
+type Change struct {
+	g      *Gateway
+	ts     []Tunnel
+	routes map[string][]Tunnel
+	opened map[string]*listener
+	done   bool
 }
 
-// Apply replaces the whole tunnel list. It is atomic: either every listener
-// is open and the new list is in force, or an error lists every problem and
-// nothing changed. Listeners whose address stays in use keep running, and
-// live connections of tunnels that remain are untouched; connections of
-// removed tunnels are closed. It returns the list as applied, defaults filled.
-func (g *Gateway) Apply(ts []Tunnel) ([]Tunnel, error) {
+// Tunnels is the list the change applies, normalized.
+func (c *Change) Tunnels() []Tunnel { return slices.Clone(c.ts) }
+
+// Prepare checks ts and opens the public listeners it needs that are not
+// open yet. On any problem it closes what it opened and returns an error
+// joining one error per problem, each wrapping ErrInvalid or ErrListen.
+func (g *Gateway) Prepare(ts []Tunnel) (*Change, error) {
 	ts = slices.Clone(ts)
 	if problems := CheckTunnels(ts); len(problems) > 0 {
-		return nil, &ProblemsError{Kind: ErrInvalid, Problems: problems}
+		errs := make([]error, len(problems))
+		for i, p := range problems {
+			errs[i] = &problem{kind: ErrInvalid, msg: p}
+		}
+		return nil, errors.Join(errs...)
 	}
-	g.applyMu.Lock()
-	defer g.applyMu.Unlock()
-
+	g.changeMu.Lock()
+	if !g.life.up() {
+		g.changeMu.Unlock()
+		return nil, ErrClosed
+	}
 	g.mu.Lock()
-	closed := g.closed || g.draining
 	have := make(map[string]bool, len(g.listeners))
 	for k := range g.listeners {
 		have[k] = true
 	}
 	g.mu.Unlock()
-	if closed {
-		return nil, ErrClosed
-	}
 
-	routes := make(map[string][]Tunnel)
+	c := &Change{g: g, ts: ts, routes: make(map[string][]Tunnel), opened: make(map[string]*listener)}
 	var order []string
 	for _, t := range ts {
 		k := t.ListenKey()
-		if _, ok := routes[k]; !ok {
+		if _, ok := c.routes[k]; !ok {
 			order = append(order, k)
 		}
-		routes[k] = append(routes[k], t)
+		c.routes[k] = append(c.routes[k], t)
 	}
-	opened := make(map[string]*listener)
-	var problems []string
+	var errs []error
 	for _, k := range order {
 		if have[k] {
 			continue
 		}
-		ln, err := g.cfg.Listen(g.ctx, "tcp", k)
+		ln, err := g.cfg.Listen(g.life.ctx, "tcp", k)
 		if err != nil {
-			problems = append(problems, fmt.Sprintf("listening on %s: %v", k, err))
+			errs = append(errs, &problem{kind: ErrListen, msg: fmt.Sprintf("listening on %s: %v", k, err)})
 			continue
 		}
-		opened[k] = &listener{ln: ln, key: k}
+		c.opened[k] = &listener{ln: ln, key: k}
 	}
-	if len(problems) > 0 {
-		for _, l := range opened {
-			l.ln.Close()
-		}
-		return nil, &ProblemsError{Kind: ErrListen, Problems: problems}
+	if len(errs) > 0 {
+		c.Abort()
+		return nil, errors.Join(errs...)
 	}
+	return c, nil
+}
 
-	g.mu.Lock()
-	if g.closed || g.draining {
-		// Close ran while the listeners were being opened: it has already
-		// stopped everything it knew of and may have finished waiting.
-		g.mu.Unlock()
-		for _, l := range opened {
-			l.ln.Close()
-		}
-		return nil, ErrClosed
+// problem is one reason a change was refused: its message names the
+// tunnel or port, and it unwraps to ErrInvalid or ErrListen.
+type problem struct {
+	kind error
+	msg  string
+}
+
+func (p *problem) Error() string { return p.msg }
+func (p *problem) Unwrap() error { return p.kind }
+
+// Abort closes the listeners the change opened; nothing else was touched.
+func (c *Change) Abort() {
+	if c.done {
+		return
 	}
+	c.done = true
+	for _, l := range c.opened {
+		l.ln.Close()
+	}
+	c.g.changeMu.Unlock()
+}
+
+// Commit puts the change in force: new listeners start accepting, listeners
+// no tunnel uses any more are closed, and live connections of removed
+// tunnels are closed; those of remaining tunnels are untouched. It fails
+// only when the Gateway was closed meanwhile (and then changes nothing).
+func (c *Change) Commit() error {
+	if c.done {
+		return errors.New("forward: change already committed or aborted")
+	}
+	g := c.g
+	g.mu.Lock()
+	if !g.life.up() {
+		g.mu.Unlock()
+		c.Abort()
+		return ErrClosed
+	}
+	c.done = true
+	defer g.changeMu.Unlock()
 	oldRoutes := make(map[string]bool)
 	for _, t := range g.tunnels {
 		oldRoutes[t.RouteKey()] = true
 	}
-	for k, l := range opened {
+	for k, l := range c.opened {
 		g.listeners[k] = l
 	}
 	var stale []*listener
 	for k, l := range g.listeners {
-		if r, ok := routes[k]; ok {
+		if r, ok := c.routes[k]; ok {
 			l.routes.Store(&r)
 		} else {
 			stale = append(stale, l)
 			delete(g.listeners, k)
 		}
 	}
-	g.tunnels = ts
-	g.routeKeys = make(map[string]bool, len(ts))
-	for _, t := range ts {
+	g.tunnels = c.ts
+	g.routeKeys = make(map[string]bool, len(c.ts))
+	for _, t := range c.ts {
 		g.routeKeys[t.RouteKey()] = true
 	}
-	for _, l := range opened {
-		g.wg.Add(1)
-		go g.serve(l)
+	for _, l := range c.opened {
+		l := l
+		if g.life.goServe(l.ln, func(conn net.Conn) { g.handle(l, conn) }) {
+			g.log.Info("now listening", "address", l.ln.Addr().String(), "tunnels", describe(c.routes[l.key]))
+		}
 	}
 	g.mu.Unlock()
 
@@ -275,81 +294,66 @@ func (g *Gateway) Apply(ts []Tunnel) ([]Tunnel, error) {
 		l.ln.Close()
 		g.log.Info("stopped listening", "address", l.key)
 	}
-	for _, l := range opened {
-		g.log.Info("now listening", "address", l.ln.Addr().String())
-	}
-	for _, t := range ts {
+	for _, t := range c.ts {
 		delete(oldRoutes, t.RouteKey())
 	}
 	if len(oldRoutes) > 0 {
-		n := g.live.closeMatching(func(s *session) bool { return oldRoutes[s.routeKey()] })
+		n := g.life.live.closeMatching(func(s *session) bool { return oldRoutes[s.routeKey()] })
 		if n > 0 {
 			g.log.Info("closed connections of removed tunnels", "connections", n)
 		}
 	}
-	return slices.Clone(ts), nil
+	return nil
+}
+
+// describe names the tunnels of one listener for a log line: host name
+// glob, service and clients.
+func describe(ts []Tunnel) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = fmt.Sprintf("%s -> %s on %s", t.ListenHostnameGlob, t.BackEndService, strings.Join(t.Clients(), ","))
+	}
+	return out
+}
+
+// Apply replaces the whole tunnel list: Prepare, then Commit. Either every
+// listener is open and the new list is in force, or an error lists every
+// problem and nothing changed. It returns the list as applied, defaults
+// filled.
+func (g *Gateway) Apply(ts []Tunnel) ([]Tunnel, error) {
+	c, err := g.Prepare(ts)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Commit(); err != nil {
+		return nil, err
+	}
+	return c.Tunnels(), nil
 }
 
 // CloseClient closes every live connection to a client, for when the
 // client is removed; it returns how many there were.
 func (g *Gateway) CloseClient(clientID string) int {
-	return g.live.closeMatching(func(s *session) bool { return s.is("", clientID) })
+	return g.life.live.closeMatching(func(s *session) bool { return s.is("", clientID) })
 }
 
 // Live reports how many proxied connections are open.
-func (g *Gateway) Live() int { return g.live.count() }
+func (g *Gateway) Live() int { return g.life.live.count() }
 
 // Shutdown stops accepting, lets live connections finish until ctx ends,
 // then closes whatever is left, like Close. It returns how many
 // connections had to be cut.
-func (g *Gateway) Shutdown(ctx context.Context) int {
-	g.mu.Lock()
-	ls := g.listeners
-	g.listeners = map[string]*listener{}
-	g.draining = true
-	g.mu.Unlock()
-	for _, l := range ls {
-		l.ln.Close()
-	}
-	for delay := 5 * time.Millisecond; g.live.count() > 0; delay = min(2*delay, 100*time.Millisecond) {
-		select {
-		case <-ctx.Done():
-			n := g.live.count()
-			g.Close()
-			return n
-		case <-time.After(delay):
-		}
-	}
-	g.Close()
-	return 0
-}
+func (g *Gateway) Shutdown(ctx context.Context) int { return g.life.shutdown(ctx) }
 
 // Close stops every listener, closes every connection and waits for all of
 // the Gateway's goroutines. It is idempotent.
 func (g *Gateway) Close() error {
-	g.mu.Lock()
-	if g.closed {
-		g.mu.Unlock()
-		return nil
-	}
-	g.closed = true
-	ls := g.listeners
-	g.listeners = map[string]*listener{}
-	g.mu.Unlock()
-	g.cancel()
-	for _, l := range ls {
-		l.ln.Close()
-	}
-	g.live.shutdown()
-	g.wg.Wait()
+	g.life.close()
 	return nil
 }
 
-func (g *Gateway) serve(l *listener) {
-	defer g.wg.Done()
-	acceptLoop(g.ctx, l.ln, g.log, &g.wg, func(c net.Conn) { g.handle(l, c) })
-}
-
+// handle matches a public connection to one of its listener's tunnels and
+// hands it to the tunnel's target.
 func (g *Gateway) handle(l *listener, public net.Conn) {
 	routes := l.routes.Load()
 	if routes == nil || len(*routes) == 0 {
@@ -357,77 +361,32 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 		return
 	}
 	s := &session{}
-	if !g.live.start(s) {
+	if !g.life.live.start(s) {
 		public.Close()
 		return
 	}
-	defer g.live.end(s)
+	defer g.life.live.end(s)
 	if !s.add(public) {
 		return
 	}
-	t, public, reason := g.route(*routes, public)
+	t, conn, reason := g.route(*routes, public)
 	if reason != "" {
 		g.cfg.Rejected(reason)
 		s.close()
 		return
 	}
 	s.setRoute(t.RouteKey())
-	// Apply publishes the new tunnels before closing the sessions of removed
-	// ones; a session that picked its route from the old list just before is
-	// caught here instead.
+	// Commit publishes the new tunnels before closing the sessions of
+	// removed ones; a session that picked its route from the old list just
+	// before is caught here instead.
 	if !g.hasRoute(t.RouteKey()) {
 		s.close()
 		return
 	}
-	if !s.add(public) { // the replaying wrapper, if the route was peeked
+	if !s.add(conn) { // the replaying wrapper, if the route was peeked
 		return
 	}
-	log := g.log.With("tunnel", t.RouteKey(), "from", addrString(public.RemoteAddr()))
-	up, client, err := g.dial(t)
-	if err != nil {
-		log.Info("connection refused: no client reachable", "clients", t.Clients(), "err", err)
-		g.cfg.Rejected(RejectNoClient)
-		s.close()
-		return
-	}
-	s.setClient(client)
-	if !s.add(up) {
-		return
-	}
-	// Likewise for a client removed or rotated while it was being dialled.
-	if !g.cfg.Connected(client) {
-		s.close()
-		return
-	}
-	log = log.With("client", client)
-	req := Request{
-		Service:              t.BackEndService,
-		Source:               addrPortOf(public.RemoteAddr()),
-		Destination:          addrPortOf(public.LocalAddr()),
-		BackendProxyProtocol: t.backendProxyVersion(),
-	}
-	_ = up.SetWriteDeadline(time.Now().Add(g.cfg.DialTimeout))
-	if err := WriteRequest(up, req); err != nil {
-		log.Info("connection refused: sending request to client", "err", err)
-		g.cfg.Rejected(RejectNoClient)
-		s.close()
-		return
-	}
-	_ = up.SetWriteDeadline(time.Time{})
-	var m Meter
-	if g.cfg.Observe != nil {
-		obs := g.cfg.Observe(t, client)
-		defer obs.Done()
-		m = Meter{AToB: obs.In, BToA: obs.Out}
-	}
-	res := JoinMetered(public, &statusConn{Conn: up}, g.cfg.Timeouts, m)
-	switch {
-	case errors.Is(res.Err, ErrUnknownService):
-		g.cfg.Rejected(RejectUnknownService)
-	case errors.Is(res.Err, ErrBackendUnreachable):
-		g.cfg.Rejected(RejectBackendUnreachable)
-	}
-	log.Debug("connection done", "bytes_in", res.AToB, "bytes_out", res.BToA, "err", res.Err)
+	g.forward(s, conn, t)
 }
 
 // route picks the tunnel for a new connection. A port served by one "*"
@@ -438,7 +397,7 @@ func (g *Gateway) route(routes []Tunnel, c net.Conn) (Tunnel, net.Conn, string) 
 	if len(routes) == 1 && routes[0].ListenHostnameGlob == "*" {
 		return routes[0], c, ""
 	}
-	host, proto, replay, err := PeekHostname(c, g.cfg.PeekTimeout, DefaultPeekMaxBytes)
+	host, proto, replay, err := sniff.Hostname(c, g.cfg.PeekTimeout, sniff.DefaultMaxBytes)
 	if err != nil {
 		g.log.Info("connection dropped: no host name could be read", "from", addrString(c.RemoteAddr()), "err", err)
 		return Tunnel{}, nil, RejectNoHostname
@@ -447,43 +406,12 @@ func (g *Gateway) route(routes []Tunnel, c net.Conn) (Tunnel, net.Conn, string) 
 	for i, t := range routes {
 		globs[i] = t.ListenHostnameGlob
 	}
-	i, ok := PickRoute(globs, host)
+	i, ok := sniff.Pick(globs, host)
 	if !ok {
 		g.log.Info("connection dropped: no tunnel for this host name", "from", addrString(c.RemoteAddr()), "host", host, "protocol", proto.String())
 		return Tunnel{}, nil, RejectNoRoute
 	}
 	return routes[i], replay, ""
-}
-
-// dial reaches the first connected client of t that answers.
-func (g *Gateway) dial(t Tunnel) (net.Conn, string, error) {
-	var candidates []string
-	for _, id := range t.Clients() {
-		if g.cfg.Connected(id) {
-			candidates = append(candidates, id)
-		}
-	}
-	if len(candidates) == 0 {
-		return nil, "", fmt.Errorf("none of %v is connected", t.Clients())
-	}
-	var errs []error
-	for i, id := range candidates {
-		timeout := g.cfg.DialTimeout
-		if i < len(candidates)-1 {
-			timeout = min(timeout, failoverDialTimeout)
-		}
-		ctx, cancel := context.WithTimeout(g.ctx, timeout)
-		up, err := g.cfg.Dial(ctx, id)
-		cancel()
-		if err == nil {
-			return up, id, nil
-		}
-		errs = append(errs, err)
-		if g.ctx.Err() != nil {
-			break
-		}
-	}
-	return nil, "", errors.Join(errs...)
 }
 
 // addrString prints an address for logs; gonet and the kernel may give a

@@ -24,7 +24,7 @@ func newRtHarness(t *testing.T, clients ...string) *rtHarness {
 	t.Helper()
 	r := &rtHarness{connected: map[string]bool{}}
 	r.ftGateway = ftNewGateway(t, func(c *GatewayConfig) {
-		c.Connected = func(id string) bool { r.mu.Lock(); defer r.mu.Unlock(); return r.connected[id] }
+		c.Directory = r.directory
 		c.PeekTimeout = 300 * time.Millisecond
 	})
 	for _, id := range clients {
@@ -34,6 +34,13 @@ func newRtHarness(t *testing.T, clients ...string) *rtHarness {
 		r.setConnected(id, true)
 	}
 	return r
+}
+
+// directory lists the harness's clients, connected as setConnected says.
+func (r *rtHarness) directory() *Directory {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ftGateway.directory(func(id string) bool { return r.connected[id] })
 }
 
 func (r *rtHarness) setConnected(id string, up bool) {
@@ -169,7 +176,7 @@ func TestGatewayObserveAndRejected(t *testing.T) {
 	rejected := map[string]int{}
 	r := &rtHarness{connected: map[string]bool{}}
 	r.ftGateway = ftNewGateway(t, func(c *GatewayConfig) {
-		c.Connected = func(id string) bool { r.mu.Lock(); defer r.mu.Unlock(); return r.connected[id] }
+		c.Directory = r.directory
 		c.PeekTimeout = 200 * time.Millisecond
 		c.Observe = func(tun Tunnel, client string) ConnObserver {
 			if client != "a" || tun.BackEndService != "echo" {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"reflect"
 	"slices"
 	"strconv"
@@ -160,29 +161,31 @@ func (l *ftListener) port() int { return l.Listener.Addr().(*net.TCPAddr).Port }
 type ftGateway struct {
 	gw *Gateway
 
-	mu      sync.Mutex
-	clients map[string]string // client ID -> Connector address
-	dials   []string
-	listens []*ftListener
+	mu          sync.Mutex
+	clients     map[string]string // client ID -> Connector address
+	byConnector map[netip.AddrPort]string
+	dials       []string
+	listens     []*ftListener
 	// listenHook, if set, runs before each listen.
 	listenHook func(address string)
 }
 
 func ftNewGateway(t *testing.T, mod func(*GatewayConfig)) *ftGateway {
 	t.Helper()
-	h := &ftGateway{clients: map[string]string{}}
+	h := &ftGateway{clients: map[string]string{}, byConnector: map[netip.AddrPort]string{}}
 	cfg := GatewayConfig{
-		Logger: ftLogger(),
-		Dial: func(ctx context.Context, clientID string) (net.Conn, error) {
+		Logger:    ftLogger(),
+		Directory: func() *Directory { return h.directory(nil) },
+		Dial: func(ctx context.Context, to netip.AddrPort) (net.Conn, error) {
 			h.mu.Lock()
-			h.dials = append(h.dials, clientID)
-			addr, ok := h.clients[clientID]
+			id := h.byConnector[to]
+			h.dials = append(h.dials, id)
 			h.mu.Unlock()
-			if !ok {
-				return nil, fmt.Errorf("no client %q", clientID)
+			if id == "" {
+				return nil, fmt.Errorf("no client at %s", to)
 			}
 			var d net.Dialer
-			return d.DialContext(ctx, "tcp", addr)
+			return d.DialContext(ctx, "tcp", to.String())
 		},
 		Listen: func(ctx context.Context, network, address string) (net.Listener, error) {
 			h.mu.Lock()
@@ -218,7 +221,26 @@ func ftNewGateway(t *testing.T, mod func(*GatewayConfig)) *ftGateway {
 func (h *ftGateway) addClient(id, addr string) {
 	h.mu.Lock()
 	h.clients[id] = addr
+	h.byConnector[netip.MustParseAddrPort(addr)] = id
 	h.mu.Unlock()
+}
+
+// directory lists the clients added, each connected unless connected says
+// otherwise; each gets a made-up tunnel address from its connector's port.
+func (h *ftGateway) directory(connected func(id string) bool) *Directory {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var peers []Peer
+	for id, addr := range h.clients {
+		ap := netip.MustParseAddrPort(addr)
+		peers = append(peers, Peer{
+			ID:        id,
+			Addr:      netip.AddrFrom16([16]byte{0: 0xfd, 14: byte(ap.Port() >> 8), 15: byte(ap.Port())}),
+			Connector: ap,
+			Connected: connected == nil || connected(id),
+		})
+	}
+	return NewDirectory(peers...)
 }
 
 func (h *ftGateway) dialLog() []string {
@@ -243,6 +265,17 @@ func (h *ftGateway) openListeners() []int {
 	}
 	slices.Sort(ports)
 	return ports
+}
+
+// ftProblems lists the messages of the errors joined in err.
+func ftProblems(err error) []string {
+	var out []string
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			out = append(out, e.Error())
+		}
+	}
+	return out
 }
 
 func (h *ftGateway) apply(t *testing.T, ts ...Tunnel) {
@@ -324,14 +357,17 @@ func ftNewSetup(t *testing.T, proxyVersion int) *ftSetup {
 
 func TestNewGatewayRequires(t *testing.T) {
 	_, err := NewGateway(GatewayConfig{})
-	if err == nil || !strings.Contains(err.Error(), "Dial") || !strings.Contains(err.Error(), "Logger") {
-		t.Fatalf("NewGateway with nothing = %v, want both Dial and Logger named", err)
+	for _, want := range []string{"Directory", "Dial", "Logger"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("NewGateway with nothing = %v, want %s named", err, want)
+		}
 	}
-	_, err = NewGateway(GatewayConfig{Logger: ftLogger()})
-	if err == nil || !strings.Contains(err.Error(), "Dial") {
+	_, err = NewGateway(GatewayConfig{Logger: ftLogger(), Directory: func() *Directory { return nil }})
+	if err == nil || !strings.Contains(err.Error(), "Dial") || strings.Contains(err.Error(), "Directory") {
 		t.Fatalf("NewGateway without Dial = %v", err)
 	}
-	g, err := NewGateway(GatewayConfig{Logger: ftLogger(), Dial: func(context.Context, string) (net.Conn, error) { return nil, errors.New("x") }})
+	g, err := NewGateway(GatewayConfig{Logger: ftLogger(), Directory: func() *Directory { return nil },
+		Dial: func(context.Context, netip.AddrPort) (net.Conn, error) { return nil, errors.New("x") }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -468,7 +504,7 @@ func (l *ftPipeListener) Close() error { l.once.Do(func() { close(l.done) }); re
 
 func (l *ftPipeListener) Addr() net.Addr { return &net.UnixAddr{Name: "pipe", Net: "pipe"} }
 
-func (l *ftPipeListener) dial(ctx context.Context, _ string) (net.Conn, error) {
+func (l *ftPipeListener) dial(ctx context.Context, _ netip.AddrPort) (net.Conn, error) {
 	a, b := net.Pipe()
 	select {
 	case l.ch <- b:
@@ -497,7 +533,8 @@ func TestGatewayOverPipe(t *testing.T) {
 			<-served
 		})
 	}()
-	gw, err := NewGateway(GatewayConfig{Dial: pl.dial, Logger: ftLogger()})
+	pipePeer := Peer{ID: "c1", Addr: netip.MustParseAddr("fd00::1"), Connector: netip.MustParseAddrPort("[fd00::1]:4000"), Connected: true}
+	gw, err := NewGateway(GatewayConfig{Dial: pl.dial, Logger: ftLogger(), Directory: func() *Directory { return NewDirectory(pipePeer) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -522,6 +559,7 @@ func TestGatewayOverPipe(t *testing.T) {
 
 func TestGatewayApplyReturnsNormalizedCopy(t *testing.T) {
 	h := ftNewGateway(t, nil)
+	h.addClient("c1", "127.0.0.1:9")
 	in := []Tunnel{{ListenAddress: "127.0.0.1", ListenPort: ftFreePort(t), BackEndService: "echo", ClientId: "c1", HaProxyProxyProtocol: true}}
 	orig := slices.Clone(in)
 	out, err := h.gw.Apply(in)
@@ -579,13 +617,13 @@ func TestGatewayApplyAtomicOnListenFailure(t *testing.T) {
 	if errors.Is(err, ErrInvalid) {
 		t.Errorf("listen failure also claims ErrInvalid: %v", err)
 	}
-	var pe *ProblemsError
-	if !errors.As(err, &pe) || len(pe.Problems) != 2 {
-		t.Fatalf("want a ProblemsError with both blocked ports, got %#v", err)
+	problems := ftProblems(err)
+	if len(problems) != 2 {
+		t.Fatalf("want one error for each blocked port, got %q", problems)
 	}
 	for i, p := range blocked {
-		if !strings.Contains(pe.Problems[i], ":"+strconv.Itoa(p)) {
-			t.Errorf("problem %q does not name port %d", pe.Problems[i], p)
+		if !strings.Contains(problems[i], ":"+strconv.Itoa(p)) {
+			t.Errorf("problem %q does not name port %d", problems[i], p)
 		}
 	}
 	// Nothing changed: same tunnels, the new listener was closed again,
@@ -628,17 +666,14 @@ func TestGatewayApplyInvalidChangesNothing(t *testing.T) {
 	if !errors.Is(err, ErrInvalid) || errors.Is(err, ErrListen) {
 		t.Fatalf("Apply = %v, want ErrInvalid", err)
 	}
-	var pe *ProblemsError
-	if !errors.As(err, &pe) {
-		t.Fatalf("error %T is not a *ProblemsError", err)
-	}
+	problems := ftProblems(err)
 	want := []string{"tunnels[1].ListenPort", "tunnels[2].ListenPort", "tunnels[2].BackEndService", "tunnels[3]: claims"}
-	if len(pe.Problems) != len(want) {
-		t.Fatalf("problems %q, want %d", pe.Problems, len(want))
+	if len(problems) != len(want) {
+		t.Fatalf("problems %q, want %d", problems, len(want))
 	}
 	for i, w := range want {
-		if !strings.HasPrefix(pe.Problems[i], w) {
-			t.Errorf("problem %d = %q, want it to start with %q", i, pe.Problems[i], w)
+		if !strings.HasPrefix(problems[i], w) {
+			t.Errorf("problem %d = %q, want it to start with %q", i, problems[i], w)
 		}
 	}
 	if n := len(h.listenLog()); n != nListens {
@@ -808,17 +843,28 @@ func TestGatewayApplyChangesClientKeepsListener(t *testing.T) {
 
 func TestGatewayDialFailureClosesPublic(t *testing.T) {
 	ftCheckGoroutines(t)
-	h := ftNewGateway(t, nil) // no clients: every dial fails at once
-	port := ftFreePort(t)
-	h.apply(t, ftTunnel(port, "nobody"))
-	c := ftDialPublic(t, port)
-	start := time.Now()
-	ftExpectClosed(t, c, ftPrompt)
-	if el := time.Since(start); el > time.Second {
-		t.Errorf("public connection closed after %v, want at once", el)
-	}
-	if d := h.dialLog(); !slices.Equal(d, []string{"nobody"}) {
-		t.Errorf("dials %v", d)
+	h := ftNewGateway(t, nil)
+	// "unreachable" is connected, but nothing listens where it is.
+	h.addClient("unreachable", fmt.Sprintf("127.0.0.1:%d", ftFreePort(t)))
+	for _, tc := range []struct {
+		client string
+		dials  []string
+	}{
+		{"nobody", nil}, // not in the Directory: refused without a dial
+		{"unreachable", []string{"unreachable"}},
+	} {
+		port := ftFreePort(t)
+		h.apply(t, ftTunnel(port, tc.client))
+		before := len(h.dialLog())
+		c := ftDialPublic(t, port)
+		start := time.Now()
+		ftExpectClosed(t, c, ftPrompt)
+		if el := time.Since(start); el > time.Second {
+			t.Errorf("%s: public connection closed after %v, want at once", tc.client, el)
+		}
+		if d := h.dialLog()[before:]; !slices.Equal(d, tc.dials) {
+			t.Errorf("%s: dials %v, want %v", tc.client, d, tc.dials)
+		}
 	}
 	ftWaitFor(t, ftPrompt, "no live connections", func() bool { return h.gw.Live() == 0 })
 }
@@ -829,7 +875,7 @@ func TestGatewayDialTimeout(t *testing.T) {
 	var sawDeadline atomic.Bool
 	h := ftNewGateway(t, func(c *GatewayConfig) {
 		c.DialTimeout = timeout
-		c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
+		c.Dial = func(ctx context.Context, _ netip.AddrPort) (net.Conn, error) {
 			if d, ok := ctx.Deadline(); ok && time.Until(d) <= timeout {
 				sawDeadline.Store(true)
 			}
@@ -837,6 +883,7 @@ func TestGatewayDialTimeout(t *testing.T) {
 			return nil, ctx.Err()
 		}
 	})
+	h.addClient("c1", "127.0.0.1:9") // connected; Dial above stands in for reaching it
 	port := ftFreePort(t)
 	h.apply(t, ftTunnel(port, "c1"))
 	c := ftDialPublic(t, port)
@@ -987,7 +1034,7 @@ func TestGatewayCloseWaitsForHandlers(t *testing.T) {
 	ftCheckGoroutines(t)
 	var inDial, dialReturned atomic.Bool
 	h := ftNewGateway(t, func(c *GatewayConfig) {
-		c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
+		c.Dial = func(ctx context.Context, _ netip.AddrPort) (net.Conn, error) {
 			inDial.Store(true)
 			<-ctx.Done()
 			time.Sleep(100 * time.Millisecond) // a slow teardown, not a wait for readiness
@@ -995,6 +1042,7 @@ func TestGatewayCloseWaitsForHandlers(t *testing.T) {
 			return nil, ctx.Err()
 		}
 	})
+	h.addClient("c1", "127.0.0.1:9") // connected; Dial above stands in for reaching it
 	port := ftFreePort(t)
 	h.apply(t, ftTunnel(port, "c1"))
 	c := ftDialPublic(t, port)
@@ -1089,7 +1137,7 @@ func TestGatewayTunnelRemovedDuringDial(t *testing.T) {
 	release := make(chan struct{})
 	farc := make(chan net.Conn, 1)
 	h := ftNewGateway(t, func(c *GatewayConfig) {
-		c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
+		c.Dial = func(ctx context.Context, _ netip.AddrPort) (net.Conn, error) {
 			close(entered)
 			<-release
 			near, far := ftTCPPair(t)
@@ -1099,7 +1147,8 @@ func TestGatewayTunnelRemovedDuringDial(t *testing.T) {
 	})
 	var releaseOnce sync.Once
 	releaseDial := func() { releaseOnce.Do(func() { close(release) }) }
-	defer releaseDial() // never leave the handler (and Close) hanging
+	defer releaseDial()              // never leave the handler (and Close) hanging
+	h.addClient("c1", "127.0.0.1:9") // connected; Dial above stands in for reaching it
 	port := ftFreePort(t)
 	h.apply(t, ftTunnel(port, "c1"))
 	pub := ftDialPublic(t, port)

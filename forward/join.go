@@ -1,8 +1,3 @@
-// Package forward carries TCP connections between the public side of a
-// threshold server and the local services of a threshold client: public
-// listeners and their routing (Gateway), the client end that connects to
-// named local services (Connector), the header that links the two, and the
-// bidirectional copy with half-close that both use (Join).
 package forward
 
 import (
@@ -77,6 +72,9 @@ func JoinMetered(a, b net.Conn, t Timeouts, m Meter) Joined {
 	t = t.withDefaults()
 	j := &join{t: t}
 	j.touch()
+	if wa, wb := waiterOf(a), waiterOf(b); wa != nil && wb != nil {
+		return j.reactive(a, b, wa, wb, m)
+	}
 	var wg sync.WaitGroup
 	var ba int64
 	var errBA error
@@ -97,6 +95,15 @@ type join struct {
 	lastActivity atomic.Int64 // unix nanos
 	halfClosed   atomic.Bool
 	failOnce     sync.Once
+
+	// Reactive joins only (see reactive).
+	a, b     net.Conn
+	watchdog *time.Timer
+	idleErr  atomic.Bool // the watchdog closed the connection
+	kernel   chan *direction
+	busy     atomic.Bool // the joining goroutine is waiting for a kernel socket
+	ended    atomic.Int32
+	done     chan struct{}
 }
 
 func (j *join) touch() { j.lastActivity.Store(time.Now().UnixNano()) }
@@ -223,3 +230,250 @@ func closeWrite(c net.Conn) error {
 		}
 	}
 }
+
+// --- reactive joins ---
+//
+// A joined connection used to hold two goroutines (one per direction, each
+// blocked in Read with its buffer) for as long as it lived, idle or not:
+// most of the memory of an idle connection. A reactive join copies with a
+// goroutine only while bytes flow. When a direction has been quiet for
+// quietAfter its copier ends, giving its buffer back, and the direction
+// waits for its source to become readable:
+//   - a source that can call back (netstack's TCPConn: NotifyReadable)
+//     costs no goroutine at all while it waits;
+//   - a kernel TCP socket is waited for by the goroutine that called Join,
+//     which has to wait anyway (a second one gets a goroutine of its own).
+// The copier always reads through the wrapper Join was given (PROXY
+// header, peeked bytes, status byte), and goes quiet only after a read
+// timed out with nothing read, so nothing the wrapper buffers is missed.
+// The idle and half-closed limits are kept by one timer per connection.
+
+// quietAfter is how long a direction goes without data before its copier
+// ends and it waits for readiness instead.
+const quietAfter = time.Second
+
+// readNotifier is a connection that can report readability without a
+// goroutine blocked in Read: netstack's TCPConn.
+type readNotifier interface {
+	// NotifyReadable calls f once when a Read would not block; stop
+	// cancels that and is idempotent (never called from f).
+	NotifyReadable(f func()) (stop func())
+}
+
+// waiter is how one direction waits for its source.
+type waiter struct {
+	notify readNotifier // or
+	tcp    *net.TCPConn // waited for by a goroutine (waitReadable)
+}
+
+// waiterOf finds how to wait for c, reaching through wrappers (Raw, as
+// go-proxyproto has, or NetConn, as crypto/tls and ours have); nil if
+// there is no way, and then Join copies with goroutines all along.
+func waiterOf(c net.Conn) *waiter {
+	for range 8 {
+		switch v := c.(type) {
+		case readNotifier:
+			return &waiter{notify: v}
+		case *net.TCPConn:
+			if !canWaitReadable {
+				return nil
+			}
+			return &waiter{tcp: v}
+		case interface{ Raw() net.Conn }:
+			c = v.Raw()
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// direction is one way of a reactive join: src to dst.
+type direction struct {
+	j        *join
+	src, dst net.Conn
+	w        *waiter
+	count    func(int64)
+	total    int64
+	err      error
+
+	readDeadline, writeDeadline time.Time
+
+	mu   sync.Mutex
+	stop func() // of a pending NotifyReadable
+}
+
+func (j *join) reactive(a, b net.Conn, wa, wb *waiter, m Meter) Joined {
+	j.a, j.b = a, b
+	j.kernel = make(chan *direction, 2)
+	j.done = make(chan struct{})
+	ab := &direction{j: j, src: a, dst: b, w: wa, count: m.AToB}
+	ba := &direction{j: j, src: b, dst: a, w: wb, count: m.BToA}
+	j.watchdog = time.AfterFunc(j.t.Idle, j.checkIdle)
+	// Both start copying: a wrapper may hold bytes already.
+	go ab.copy()
+	go ba.copy()
+	for {
+		select {
+		case d := <-j.kernel:
+			d.waitKernel()
+			j.busy.Store(false)
+		case <-j.done:
+			j.watchdog.Stop()
+			a.Close()
+			b.Close()
+			err := errors.Join(ab.err, ba.err)
+			if j.idleErr.Load() {
+				err = errors.Join(ErrIdle, err)
+			}
+			return Joined{AToB: ab.total, BToA: ba.total, Err: err}
+		}
+	}
+}
+
+// checkIdle is the watchdog: it closes the connection once nothing has
+// moved for the current limit, or looks again when that will be.
+func (j *join) checkIdle() {
+	limit := j.limit()
+	since := time.Since(time.Unix(0, j.lastActivity.Load()))
+	if since < limit {
+		j.watchdog.Reset(limit - since)
+		return
+	}
+	j.idleErr.Store(true)
+	j.closeBoth()
+}
+
+func (j *join) closeBoth() { j.failOnce.Do(func() { j.a.Close(); j.b.Close() }) }
+
+// end marks a direction finished; the second one ends the join.
+func (d *direction) end(err error) {
+	d.err = err
+	if d.j.ended.Add(1) == 2 {
+		close(d.j.done)
+	}
+}
+
+func (d *direction) fail(err error) {
+	d.j.closeBoth()
+	d.end(err)
+}
+
+// copy moves bytes until the source has been quiet for quietAfter (then
+// the direction waits for readiness), ends its stream or fails.
+func (d *direction) copy() {
+	j := d.j
+	bp := smallBuffers.Get().(*[]byte)
+	buf := *bp
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			copyBuffers.Put(big)
+		}
+		smallBuffers.Put(bp)
+	}()
+	for {
+		now := time.Now()
+		if d.readDeadline.Sub(now) < quietAfter/2 {
+			d.readDeadline = now.Add(quietAfter)
+			if err := d.src.SetReadDeadline(d.readDeadline); err != nil {
+				d.fail(err)
+				return
+			}
+		}
+		n, err := d.src.Read(buf)
+		if n > 0 {
+			j.touch()
+			limit := j.limit()
+			now = time.Now()
+			if d.writeDeadline.Sub(now) < limit*3/4 {
+				d.writeDeadline = now.Add(limit)
+				if err := d.dst.SetWriteDeadline(d.writeDeadline); err != nil {
+					d.fail(err)
+					return
+				}
+			}
+			w, werr := d.dst.Write(buf[:n])
+			switch {
+			case big == nil && n == len(buf):
+				big = copyBuffers.Get().(*[]byte)
+				buf = *big
+			case big != nil && n < smallBufferSize:
+				copyBuffers.Put(big)
+				big, buf = nil, *bp
+			}
+			d.total += int64(w)
+			if d.count != nil && w > 0 {
+				d.count(int64(w))
+			}
+			if werr != nil {
+				d.fail(werr)
+				return
+			}
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, io.EOF):
+			if j.halfClosed.CompareAndSwap(false, true) {
+				j.touch()
+				j.watchdog.Reset(j.t.HalfClosed)
+			}
+			if cerr := closeWrite(d.dst); cerr != nil {
+				d.fail(cerr)
+				return
+			}
+			d.end(nil)
+			return
+		case n == 0 && (errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err)):
+			// Quiet: wait for readiness without this goroutine.
+			d.readDeadline = time.Time{}
+			d.park()
+			return
+		case errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err):
+		default:
+			d.fail(err)
+			return
+		}
+	}
+}
+
+// park waits for the source to become readable, then copies again.
+func (d *direction) park() {
+	if d.w.notify == nil {
+		if d.j.busy.CompareAndSwap(false, true) {
+			d.j.kernel <- d // buffered: never blocks
+		} else {
+			go d.waitKernel() // two kernel sources: the second waits on its own
+		}
+		return
+	}
+	d.mu.Lock()
+	d.stop = d.w.notify.NotifyReadable(func() { go d.resume() })
+	d.mu.Unlock()
+}
+
+func (d *direction) resume() {
+	d.mu.Lock()
+	stop := d.stop
+	d.stop = nil
+	d.mu.Unlock()
+	stop()
+	d.copy()
+}
+
+// waitKernel blocks until the kernel socket is readable (or closed), then
+// starts a copier.
+func (d *direction) waitKernel() {
+	// The copier's deadline has passed; waiting must not see it. The
+	// watchdog bounds the wait instead, by closing the connection.
+	if err := d.src.SetReadDeadline(time.Time{}); err != nil {
+		d.fail(err)
+		return
+	}
+	waitReadable(d.w.tcp)
+	go d.copy()
+}
+
+var smallBuffers = sync.Pool{New: func() any { b := make([]byte, smallBufferSize); return &b }}

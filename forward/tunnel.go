@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/thresholdtunnel/threshold/forward/sniff"
 )
 
 // Tunnel maps a public listener to a service on a client. The JSON names
@@ -87,7 +89,7 @@ func (t Tunnel) Problems(where string) []string {
 	if t.ListenPort < 1 || t.ListenPort > 65535 {
 		add("ListenPort", "%d is not a port number (1-65535)", t.ListenPort)
 	}
-	if err := CheckHostnameGlob(t.ListenHostnameGlob); err != nil {
+	if err := sniff.CheckGlob(t.ListenHostnameGlob); err != nil {
 		add("ListenHostnameGlob", "%v", err)
 	}
 	if err := CheckServiceName(t.BackEndService); err != nil {
@@ -143,28 +145,6 @@ func CheckServiceAddr(a string) error {
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		return fmt.Errorf("%q has no valid port", a)
-	}
-	return nil
-}
-
-// CheckHostnameGlob accepts "*", "*.example.com" and exact host names.
-func CheckHostnameGlob(g string) error {
-	if g == "*" {
-		return nil
-	}
-	name := strings.TrimPrefix(g, "*.")
-	if name == "" || len(name) > 253 {
-		return fmt.Errorf("%q is not a host name glob", g)
-	}
-	for _, label := range strings.Split(name, ".") {
-		if label == "" || len(label) > 63 {
-			return fmt.Errorf("%q is not a host name glob (empty or long label)", g)
-		}
-		for _, r := range label {
-			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-				return fmt.Errorf("%q is not a host name glob (only *, or * as the first label, and letters, digits, - and _)", g)
-			}
-		}
 	}
 	return nil
 }

@@ -1,7 +1,6 @@
 package forward
 
 import (
-	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -174,19 +173,6 @@ func TestCheckServiceAddr(t *testing.T) {
 	}
 }
 
-func TestCheckHostnameGlob(t *testing.T) {
-	for _, ok := range []string{"*", "*.example.com", "example.com", "a", "x-1_y.example", strings.Repeat("a", 63) + ".com"} {
-		if err := CheckHostnameGlob(ok); err != nil {
-			t.Errorf("CheckHostnameGlob(%q) = %v", ok, err)
-		}
-	}
-	for _, bad := range []string{"", "*.", "**", "*.*", "a.*", "*a.com", ".com", "a..b", "A.com", "a.com:80", "*.com.", strings.Repeat("a", 64)} {
-		if err := CheckHostnameGlob(bad); err == nil {
-			t.Errorf("CheckHostnameGlob(%q) accepted it", bad)
-		}
-	}
-}
-
 func TestTunnelKeys(t *testing.T) {
 	cases := []struct {
 		tu         Tunnel
@@ -293,18 +279,5 @@ func TestCheckTunnelsReportsEverything(t *testing.T) {
 		if !strings.HasPrefix(p[i], w) {
 			t.Errorf("problem %d = %q, want prefix %q", i, p[i], w)
 		}
-	}
-}
-
-func TestProblemsErrorFormat(t *testing.T) {
-	e := &ProblemsError{Kind: ErrInvalid, Problems: []string{"one", "two"}}
-	if got, want := e.Error(), ErrInvalid.Error()+": one; two"; got != want {
-		t.Errorf("Error() = %q, want %q", got, want)
-	}
-	if e.Unwrap() != ErrInvalid {
-		t.Error("Unwrap is not the kind")
-	}
-	if fmt.Sprint(&ProblemsError{Kind: ErrListen}) != ErrListen.Error()+": " {
-		t.Errorf("empty problems: %q", fmt.Sprint(&ProblemsError{Kind: ErrListen}))
 	}
 }

@@ -43,8 +43,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
-	"fmt"
 	"log"
 	"log/slog"
 	"net/http"
@@ -52,6 +50,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/thresholdtunnel/threshold/control"
 )
 
 // MinTokenBytes is the shortest accepted management token, after trimming
@@ -85,34 +85,20 @@ type Auth struct {
 	log       *slog.Logger
 }
 
-// Problems lists every problem of c, each starting with the field it is
-// about. It reads the files c names.
-func (c AuthConfig) Problems() []string {
-	_, p := c.load()
-	return p
-}
-
-// NewAuth checks c (the error joins all of c.Problems()) and loads its files.
+// NewAuth checks c and loads its files, each once. It reports every
+// problem at once, each starting with the field it is about, in a
+// *control.Problems.
 func NewAuth(c AuthConfig) (*Auth, error) {
-	a, p := c.load()
-	if len(p) > 0 {
-		errs := make([]error, len(p))
-		for i, s := range p {
-			errs[i] = errors.New(s)
-		}
-		return nil, errors.Join(errs...)
+	p := control.NewProblems(control.ErrInvalid, "management authentication")
+	a := c.load(p)
+	if err := p.Err(); err != nil {
+		return nil, err
 	}
 	return a, nil
 }
 
-type authProblems []string
-
-func (p *authProblems) addf(field, format string, args ...any) {
-	*p = append(*p, field+": "+fmt.Sprintf(format, args...))
-}
-
-// load reads and checks everything once; a is only usable if p is empty.
-func (c AuthConfig) load() (a *Auth, p authProblems) {
+// load reads and checks everything; a is only usable if p stays empty.
+func (c AuthConfig) load(p *control.Problems) (a *Auth) {
 	a = &Auth{log: c.Logger}
 	tlsFields := []struct{ name, value string }{
 		{"CaCertificateFile", c.CaCertificateFile},
@@ -129,29 +115,29 @@ func (c AuthConfig) load() (a *Auth, p authProblems) {
 	if mtls && len(set) < len(tlsFields) {
 		for _, f := range tlsFields {
 			if f.value == "" {
-				p.addf(f.name, "is not set; mutual TLS needs all three of CaCertificateFile, ServerTlsCertificateFile and ServerTlsKeyFile (set: %s)", strings.Join(set, ", "))
+				p.Addf(f.name, "is not set; mutual TLS needs all three of CaCertificateFile, ServerTlsCertificateFile and ServerTlsKeyFile (set: %s)", strings.Join(set, ", "))
 			}
 		}
 	}
 	var pool *x509.CertPool
 	if c.CaCertificateFile != "" {
-		pool = loadCAs(&p, c.CaCertificateFile)
+		pool = loadCAs(p, c.CaCertificateFile)
 	}
 	var certPEM, keyPEM []byte
 	if c.ServerTlsCertificateFile != "" {
-		certPEM = readFile(&p, "ServerTlsCertificateFile", c.ServerTlsCertificateFile)
+		certPEM = readFile(p, "ServerTlsCertificateFile", c.ServerTlsCertificateFile)
 	}
 	if c.ServerTlsKeyFile != "" {
-		keyPEM = readFile(&p, "ServerTlsKeyFile", c.ServerTlsKeyFile)
+		keyPEM = readFile(p, "ServerTlsKeyFile", c.ServerTlsKeyFile)
 	}
 	var cert tls.Certificate
 	certOK := false
 	if certPEM != nil && keyPEM != nil {
 		var err error
 		if cert, err = tls.X509KeyPair(certPEM, keyPEM); err != nil {
-			p.addf("ServerTlsCertificateFile", "%q and ServerTlsKeyFile %q do not load as a certificate and its key: %v", c.ServerTlsCertificateFile, c.ServerTlsKeyFile, err)
+			p.Addf("ServerTlsCertificateFile", "%q and ServerTlsKeyFile %q do not load as a certificate and its key: %v", c.ServerTlsCertificateFile, c.ServerTlsKeyFile, err)
 		} else {
-			certOK = checkServerCert(&p, c.ServerTlsCertificateFile, cert)
+			certOK = checkServerCert(p, c.ServerTlsCertificateFile, cert)
 		}
 	}
 	if pool != nil && certOK {
@@ -166,8 +152,8 @@ func (c AuthConfig) load() (a *Auth, p authProblems) {
 	token := false
 	if c.ManagementTokenFile != "" {
 		token = true
-		if raw := readFile(&p, "ManagementTokenFile", c.ManagementTokenFile); raw != nil {
-			if d, ok := checkToken(&p, c.ManagementTokenFile, raw); ok {
+		if raw := readFile(p, "ManagementTokenFile", c.ManagementTokenFile); raw != nil {
+			if d, ok := checkToken(p, c.ManagementTokenFile, raw); ok {
 				a.token = &d
 			}
 		}
@@ -175,26 +161,26 @@ func (c AuthConfig) load() (a *Auth, p authProblems) {
 
 	switch {
 	case !c.ListenAddress.IsValid():
-		p.addf("ListenAddress", "is not set")
+		p.Addf("ListenAddress", "is not set")
 	case !mtls && !token && !c.ListenAddress.IsLoopback():
-		p.addf("ListenAddress", "the management API would listen on %s, which is not a loopback address, without authentication; "+
+		p.Addf("ListenAddress", "the management API would listen on %s, which is not a loopback address, without authentication; "+
 			"set CaCertificateFile, ServerTlsCertificateFile and ServerTlsKeyFile (mutual TLS), "+
 			"or ManagementTokenFile (bearer token), or set ManagementAddress to 127.0.0.1", c.ListenAddress)
 	}
-	return a, p
+	return a
 }
 
-func readFile(p *authProblems, field, path string) []byte {
+func readFile(p *control.Problems, field, path string) []byte {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		p.addf(field, "cannot read: %v", err)
+		p.Addf(field, "cannot read: %v", err)
 		return nil
 	}
 	return b
 }
 
 // loadCAs accepts only PEM CERTIFICATE blocks, each a valid CA certificate.
-func loadCAs(p *authProblems, path string) *x509.CertPool {
+func loadCAs(p *control.Problems, path string) *x509.CertPool {
 	const field = "CaCertificateFile"
 	b := readFile(p, field, path)
 	if b == nil {
@@ -211,30 +197,30 @@ func loadCAs(p *authProblems, path string) *x509.CertPool {
 		}
 		n++
 		if block.Type != "CERTIFICATE" {
-			p.addf(field, "%q: PEM block %d is a %q, not a CERTIFICATE; the file must hold only CA certificates", path, n, block.Type)
+			p.Addf(field, "%q: PEM block %d is a %q, not a CERTIFICATE; the file must hold only CA certificates", path, n, block.Type)
 			bad = true
 			continue
 		}
 		crt, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			p.addf(field, "%q: certificate %d does not parse: %v", path, n, err)
+			p.Addf(field, "%q: certificate %d does not parse: %v", path, n, err)
 			bad = true
 			continue
 		}
 		if !crt.BasicConstraintsValid || !crt.IsCA {
-			p.addf(field, "%q: certificate %d (%s) is not a CA certificate (basicConstraints CA:TRUE); did you mean the CA that signed it?", path, n, crt.Subject)
+			p.Addf(field, "%q: certificate %d (%s) is not a CA certificate (basicConstraints CA:TRUE); did you mean the CA that signed it?", path, n, crt.Subject)
 			bad = true
 			continue
 		}
 		if now.After(crt.NotAfter) {
-			p.addf(field, "%q: certificate %d (%s) expired on %s", path, n, crt.Subject, crt.NotAfter.UTC().Format(time.RFC3339))
+			p.Addf(field, "%q: certificate %d (%s) expired on %s", path, n, crt.Subject, crt.NotAfter.UTC().Format(time.RFC3339))
 			bad = true
 			continue
 		}
 		pool.AddCert(crt)
 	}
 	if n == 0 {
-		p.addf(field, "%q holds no PEM certificate", path)
+		p.Addf(field, "%q holds no PEM certificate", path)
 		return nil
 	}
 	if bad {
@@ -243,23 +229,23 @@ func loadCAs(p *authProblems, path string) *x509.CertPool {
 	return pool
 }
 
-func checkServerCert(p *authProblems, path string, cert tls.Certificate) bool {
+func checkServerCert(p *control.Problems, path string, cert tls.Certificate) bool {
 	const field = "ServerTlsCertificateFile"
 	leaf := cert.Leaf
 	if leaf == nil {
 		var err error
 		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
-			p.addf(field, "%q: %v", path, err)
+			p.Addf(field, "%q: %v", path, err)
 			return false
 		}
 	}
 	ok := true
 	if time.Now().After(leaf.NotAfter) {
-		p.addf(field, "%q (%s) expired on %s", path, leaf.Subject, leaf.NotAfter.UTC().Format(time.RFC3339))
+		p.Addf(field, "%q (%s) expired on %s", path, leaf.Subject, leaf.NotAfter.UTC().Format(time.RFC3339))
 		ok = false
 	}
 	if len(leaf.ExtKeyUsage) > 0 && !hasEKU(leaf, x509.ExtKeyUsageServerAuth) {
-		p.addf(field, "%q (%s) is not valid for TLS servers (extendedKeyUsage lacks serverAuth); is it a client certificate?", path, leaf.Subject)
+		p.Addf(field, "%q (%s) is not valid for TLS servers (extendedKeyUsage lacks serverAuth); is it a client certificate?", path, leaf.Subject)
 		ok = false
 	}
 	return ok
@@ -275,20 +261,20 @@ func hasEKU(c *x509.Certificate, want x509.ExtKeyUsage) bool {
 }
 
 // checkToken never puts the token (or part of it) into a problem.
-func checkToken(p *authProblems, path string, raw []byte) ([sha256.Size]byte, bool) {
+func checkToken(p *control.Problems, path string, raw []byte) ([sha256.Size]byte, bool) {
 	const field = "ManagementTokenFile"
 	t := bytes.TrimSpace(raw)
 	switch {
 	case len(t) == 0:
-		p.addf(field, "%q is empty", path)
+		p.Addf(field, "%q is empty", path)
 		return [sha256.Size]byte{}, false
 	case len(t) < MinTokenBytes:
-		p.addf(field, "%q: token is %d bytes, need at least %d (for example: openssl rand -hex 32)", path, len(t), MinTokenBytes)
+		p.Addf(field, "%q: token is %d bytes, need at least %d (for example: openssl rand -hex 32)", path, len(t), MinTokenBytes)
 		return [sha256.Size]byte{}, false
 	}
 	for _, ch := range t {
 		if ch < 0x21 || ch > 0x7e {
-			p.addf(field, "%q: token must be one line of printable ASCII without spaces (for example: openssl rand -hex 32)", path)
+			p.Addf(field, "%q: token must be one line of printable ASCII without spaces (for example: openssl rand -hex 32)", path)
 			return [sha256.Size]byte{}, false
 		}
 	}
@@ -324,7 +310,7 @@ func (a *Auth) TLSConfig() *tls.Config {
 // wrong one 403. With mutual TLS, requests must also have come over TLS with
 // a verified client certificate, else 403 (the handshake already enforces
 // this; the check guards against serving h over a listener without it).
-// Without either, h is returned as is (Problems allows that only on
+// Without either, h is returned as is (NewAuth allows that only on
 // loopback).
 func (a *Auth) Wrap(h http.Handler) http.Handler {
 	mtls, token := a.tlsConfig != nil, a.token

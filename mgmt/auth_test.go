@@ -26,6 +26,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/thresholdtunnel/threshold/control"
 )
 
 // --- test PKI ---
@@ -612,7 +614,7 @@ func TestAuthProblems(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			probs := tc.c.Problems()
+			probs := authProblems(tc.c)
 			_, err := NewAuth(tc.c)
 			if len(tc.want) == 0 {
 				if len(probs) > 0 || err != nil {
@@ -645,6 +647,16 @@ func TestAuthProblems(t *testing.T) {
 	}
 }
 
+// authProblems is what NewAuth refuses in c, one line a problem.
+func authProblems(c AuthConfig) []string {
+	_, err := NewAuth(c)
+	var p *control.Problems
+	if errors.As(err, &p) {
+		return p.Lines()
+	}
+	return nil
+}
+
 func authHasPrefix(ss []string, prefix string) bool {
 	for _, s := range ss {
 		if strings.HasPrefix(s, prefix) {
@@ -666,7 +678,7 @@ func authStartsWithField(fields []string, s string) bool {
 func TestAuthProblemsNonLoopbackWithoutAuth(t *testing.T) {
 	for _, addr := range []string{"0.0.0.0", "::", "192.0.2.10", "2001:db8::1", "10.0.0.1"} {
 		t.Run(addr, func(t *testing.T) {
-			probs := AuthConfig{ListenAddress: netip.MustParseAddr(addr)}.Problems()
+			probs := authProblems(AuthConfig{ListenAddress: netip.MustParseAddr(addr)})
 			if len(probs) != 1 {
 				t.Fatalf("Problems = %q, want one", probs)
 			}
@@ -681,7 +693,7 @@ func TestAuthProblemsNonLoopbackWithoutAuth(t *testing.T) {
 
 func TestAuthProblemsNeverRevealToken(t *testing.T) {
 	for _, tok := range []string{"tiny-secret", "with space secret value", "secret\x01control0123456"} {
-		probs := AuthConfig{ManagementTokenFile: authWriteToken(t, tok), ListenAddress: netip.MustParseAddr("::1")}.Problems()
+		probs := authProblems(AuthConfig{ManagementTokenFile: authWriteToken(t, tok), ListenAddress: netip.MustParseAddr("::1")})
 		if len(probs) == 0 {
 			t.Fatalf("token %q accepted", tok)
 		}
@@ -789,7 +801,7 @@ func TestAuthOpenSSLCommands(t *testing.T) {
 	}
 	// The openssl client key does not serve as the server's.
 	c.ServerTlsKeyFile = f("client.key")
-	if probs := c.Problems(); !authHasPrefix(probs, "ServerTlsKeyFile:") && !authHasPrefix(probs, "ServerTlsCertificateFile:") {
+	if probs := authProblems(c); !authHasPrefix(probs, "ServerTlsKeyFile:") && !authHasPrefix(probs, "ServerTlsCertificateFile:") {
 		t.Errorf("mismatched key accepted: %q", probs)
 	}
 }

@@ -10,63 +10,27 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/thresholdtunnel/threshold/control"
 	"github.com/thresholdtunnel/threshold/forward"
 )
 
-// Client states, as in the original threshold.
-const (
-	ClientUnknown      = "ClientUnknown"
-	ClientConnected    = "ClientConnected"
-	ClientDisconnected = "ClientDisconnected"
-)
-
-// ClientStatus is one entry of GET /clients.
-type ClientStatus struct {
-	CurrentState  string
-	LastState     string
-	PublicKey     string
-	TunnelAddress string
-	// LastHandshake is the last WireGuard handshake; absent if none yet.
-	LastHandshake *time.Time `json:",omitempty"`
-	// BytesIn and BytesOut are WireGuard's counters for the client's
-	// peer (encrypted bytes received from and sent to it).
-	BytesIn  uint64
-	BytesOut uint64
-	// Socks5Enabled tells whether the client may use SOCKS5 egress; the
-	// byte counts are its egress payload, sent to and received from the
-	// destinations.
-	Socks5Enabled       bool
-	Socks5BytesSent     uint64
-	Socks5BytesReceived uint64
-}
-
-// ClientRegistration is the body of PUT /clients/{ClientId}.
-type ClientRegistration struct {
-	PublicKey string
-	// Socks5Enabled lets the client use SOCKS5 egress; true when absent.
-	Socks5Enabled *bool `json:",omitempty"`
-}
-
-// Backend is what the API drives. Errors wrapping ErrInvalid or
-// forward.ErrInvalid become 400, ErrNotFound 404, ErrConflict or
-// forward.ErrListen 409; a *forward.ProblemsError lists its problems.
+// Backend is what the API drives (control.Plane). Errors wrapping
+// control.ErrInvalid become 400, control.ErrNotFound 404,
+// control.ErrConflict 409, anything else 500; a *control.Problems lists
+// its problems.
 type Backend interface {
 	Tunnels() []forward.Tunnel
 	SetTunnels([]forward.Tunnel) ([]forward.Tunnel, error)
-	Clients() map[string]ClientStatus
-	PutClient(clientID string, reg ClientRegistration) (ClientStatus, error)
+	Clients() map[string]control.ClientStatus
+	PutClient(clientID string, reg control.Registration) (control.ClientStatus, error)
 	DeleteClient(clientID string) error
 }
 
-var (
-	ErrInvalid  = errors.New("invalid request")
-	ErrNotFound = errors.New("not found")
-	ErrConflict = errors.New("conflict")
-)
+// errRequest classifies a request the API could not read.
+var errRequest = control.ErrInvalid
 
 // MaxBodyBytes bounds a request body.
 const MaxBodyBytes = 1 << 20
@@ -143,18 +107,18 @@ func (a *api) reply(w http.ResponseWriter, r *http.Request, code int, v any) {
 func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 	code := http.StatusInternalServerError
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, control.ErrNotFound):
 		code = http.StatusNotFound
-	case errors.Is(err, ErrInvalid), errors.Is(err, forward.ErrInvalid):
+	case errors.Is(err, control.ErrInvalid):
 		code = http.StatusBadRequest
-	case errors.Is(err, ErrConflict), errors.Is(err, forward.ErrListen):
+	case errors.Is(err, control.ErrConflict):
 		code = http.StatusConflict
 	}
 	body := errorBody{Error: err.Error()}
-	var pe *forward.ProblemsError
+	var pe *control.Problems
 	if errors.As(err, &pe) {
-		body.Error = pe.Kind.Error()
-		body.Problems = pe.Problems
+		body.Error = pe.Title()
+		body.Problems = pe.Lines()
 	}
 	if code == http.StatusInternalServerError {
 		a.log.Error("management request failed", "method", r.Method, "path", r.URL.Path, "err", err)
@@ -171,12 +135,12 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 	if err := dec.Decode(v); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return fmt.Errorf("%w: body larger than %d bytes", ErrInvalid, MaxBodyBytes)
+			return fmt.Errorf("%w request: body larger than %d bytes", errRequest, MaxBodyBytes)
 		}
-		return fmt.Errorf("%w: malformed JSON: %v", ErrInvalid, err)
+		return fmt.Errorf("%w request: malformed JSON: %v", errRequest, err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w: body holds more than one JSON value", ErrInvalid)
+		return fmt.Errorf("%w request: body holds more than one JSON value", errRequest)
 	}
 	return nil
 }
@@ -196,7 +160,7 @@ func (a *api) putTunnels(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if ts == nil {
-		a.fail(w, r, fmt.Errorf("%w: body must be a JSON list of tunnels (use [] for none)", ErrInvalid))
+		a.fail(w, r, fmt.Errorf("%w request: body must be a JSON list of tunnels (use [] for none)", errRequest))
 		return
 	}
 	applied, err := a.b.SetTunnels(ts)
@@ -215,7 +179,7 @@ func (a *api) getClients(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) putClient(w http.ResponseWriter, r *http.Request) {
-	var reg ClientRegistration
+	var reg control.Registration
 	if err := decode(w, r, &reg); err != nil {
 		a.fail(w, r, err)
 		return

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/thresholdtunnel/threshold/control"
 	"github.com/thresholdtunnel/threshold/forward"
 )
 
@@ -24,7 +25,7 @@ type fakeBackend struct {
 	mu       sync.Mutex
 	tunnels  []forward.Tunnel
 	setErr   error
-	clients  map[string]ClientStatus
+	clients  map[string]control.ClientStatus
 	putErr   error
 	delErr   error
 	setCalls int
@@ -47,13 +48,13 @@ func (f *fakeBackend) SetTunnels(ts []forward.Tunnel) ([]forward.Tunnel, error) 
 	return ts, nil
 }
 
-func (f *fakeBackend) Clients() map[string]ClientStatus { return f.clients }
+func (f *fakeBackend) Clients() map[string]control.ClientStatus { return f.clients }
 
-func (f *fakeBackend) PutClient(id string, reg ClientRegistration) (ClientStatus, error) {
+func (f *fakeBackend) PutClient(id string, reg control.Registration) (control.ClientStatus, error) {
 	if f.putErr != nil {
-		return ClientStatus{}, f.putErr
+		return control.ClientStatus{}, f.putErr
 	}
-	return ClientStatus{CurrentState: ClientUnknown, LastState: ClientUnknown, PublicKey: reg.PublicKey}, nil
+	return control.ClientStatus{CurrentState: control.ClientUnknown, LastState: control.ClientUnknown, PublicKey: reg.PublicKey}, nil
 }
 
 func (f *fakeBackend) DeleteClient(id string) error { return f.delErr }
@@ -111,17 +112,25 @@ func TestPutTunnelsDecoding(t *testing.T) {
 	}
 }
 
+func problems(kind error, list ...string) error {
+	p := control.NewProblems(kind, "test")
+	for _, s := range list {
+		p.Add(s)
+	}
+	return p
+}
+
 func TestErrorMapping(t *testing.T) {
 	cases := []struct {
 		err      error
 		code     int
 		problems []string
 	}{
-		{&forward.ProblemsError{Kind: forward.ErrInvalid, Problems: []string{"a", "b"}}, 400, []string{"a", "b"}},
-		{&forward.ProblemsError{Kind: forward.ErrListen, Problems: []string{"port"}}, 409, []string{"port"}},
-		{fmt.Errorf("x: %w", ErrNotFound), 404, nil},
-		{fmt.Errorf("x: %w", ErrConflict), 409, nil},
-		{fmt.Errorf("x: %w", ErrInvalid), 400, nil},
+		{problems(control.ErrInvalid, "a", "b"), 400, []string{"a", "b"}},
+		{problems(control.ErrConflict, "port"), 409, []string{"port"}},
+		{fmt.Errorf("x: %w", control.ErrNotFound), 404, nil},
+		{fmt.Errorf("x: %w", control.ErrConflict), 409, nil},
+		{fmt.Errorf("x: %w", control.ErrInvalid), 400, nil},
 		{fmt.Errorf("disk on fire"), 500, nil},
 	}
 	for _, tc := range cases {
@@ -147,7 +156,7 @@ func TestErrorMapping(t *testing.T) {
 }
 
 func TestClientsEndpoints(t *testing.T) {
-	f := &fakeBackend{clients: map[string]ClientStatus{"TestClient1": {CurrentState: ClientConnected, LastState: ClientUnknown}}}
+	f := &fakeBackend{clients: map[string]control.ClientStatus{"TestClient1": {CurrentState: control.ClientConnected, LastState: control.ClientUnknown}}}
 	s := serve(t, f)
 	code, body := do(t, s, "GET", "/clients", "")
 	var got map[string]map[string]any

@@ -43,8 +43,9 @@ type Options struct {
 	Addresses []netip.Addr
 	// MTU of the tunnel interface; 1420 (WireGuard's default) when zero.
 	MTU int
-	// QueueLen bounds the outbound packets waiting for wireguard-go; when
-	// it is full the stack sees back-pressure (a dropped packet). 4096 by default.
+	// QueueLen bounds the outbound packets waiting for wireguard-go (as
+	// does a 4 MiB bound on their bytes); while it is full, senders wait
+	// (back-pressure, not drops). 4096 by default.
 	QueueLen int
 	// TCPSendBufferMax and TCPReceiveBufferMax cap the per-connection
 	// buffers; buffers start small and auto-tune up to these, so idle
@@ -215,10 +216,10 @@ func (s *Stack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		}
 		var pkt *stack.PacketBuffer
 		if n == 0 {
-			if pkt = s.ep.ReadContext(s.ctx); pkt == nil {
+			if pkt = s.ep.popWait(s.ctx); pkt == nil {
 				return 0, os.ErrClosed
 			}
-		} else if pkt = s.ep.Read(); pkt == nil {
+		} else if pkt = s.ep.pop(); pkt == nil {
 			break
 		}
 		if pkt.GSOOptions.Type == stack.GSONone || pkt.Size() <= s.mtu {
@@ -294,9 +295,11 @@ func (s *Stack) Events() <-chan tun.Event { return s.events }
 func (s *Stack) Close() error {
 	s.closeOnce.Do(func() {
 		s.cancel()
+		// First release senders waiting for room in the link's queue: they
+		// hold endpoint locks that closing the stack needs.
+		s.ep.Close()
 		s.stack.RemoveNIC(nicID)
 		s.stack.Close()
-		s.ep.Close()
 		s.stack.Wait()
 		close(s.events)
 	})
@@ -313,19 +316,20 @@ func fullAddr(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber
 
 // DialTCP opens a TCP connection through the stack. A peer that never
 // answers makes it wait for ctx, so callers should always bound ctx.
-func (s *Stack) DialTCP(ctx context.Context, to netip.AddrPort) (*gonet.TCPConn, error) {
+func (s *Stack) DialTCP(ctx context.Context, to netip.AddrPort) (*TCPConn, error) {
 	fa, proto := fullAddr(to)
-	return gonet.DialContextTCP(ctx, s.stack, fa, proto)
+	return s.dialTCP(ctx, fa, proto)
 }
 
-// ListenTCP listens on the stack. Use the unspecified address of a family to
-// accept on all of the stack's addresses of that family.
+// ListenTCP listens on the stack; it accepts *TCPConn. Use the unspecified
+// address of a family to accept on all of the stack's addresses of that
+// family.
 func (s *Stack) ListenTCP(at netip.AddrPort) (net.Listener, error) {
 	fa, proto := fullAddr(at)
 	if at.Addr().IsUnspecified() {
 		fa.Addr = tcpip.Address{}
 	}
-	return gonet.ListenTCP(s.stack, fa, proto)
+	return s.listenTCP(fa, proto)
 }
 
 // ListenUDP opens an unconnected UDP socket on the stack.

@@ -5,7 +5,6 @@ import (
 	"sync"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 )
@@ -19,45 +18,6 @@ import (
 // was altered, so they would only cost a pass over every byte.
 const gsoMaxSize = 1<<16 - 1
 
-// link is a channel endpoint that also keeps the stack's dispatcher, for GRO.
-type link struct {
-	*channel.Endpoint
-	offload bool
-
-	mu         sync.RWMutex
-	dispatcher stack.NetworkDispatcher
-}
-
-func newLink(queueLen, mtu int, offload bool) *link {
-	l := &link{Endpoint: channel.New(queueLen, uint32(mtu), ""), offload: offload}
-	if offload {
-		l.LinkEPCapabilities = stack.CapabilityRXChecksumOffload | stack.CapabilityTXChecksumOffload
-	}
-	return l
-}
-
-func (l *link) Attach(d stack.NetworkDispatcher) {
-	l.mu.Lock()
-	l.dispatcher = d
-	l.mu.Unlock()
-	l.Endpoint.Attach(d)
-}
-
-func (l *link) GSOMaxSize() uint32 { return gsoMaxSize }
-
-func (l *link) SupportedGSO() stack.SupportedGSO {
-	if l.offload {
-		return stack.HostGSOSupported
-	}
-	return stack.GSONotSupported
-}
-
-func (l *link) dispatcherNow() stack.NetworkDispatcher {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.dispatcher
-}
-
 // groPool holds GRO state for concurrent Write calls (one per WireGuard
 // peer); each Write flushes before it returns its GRO to the pool.
 var groPool = sync.Pool{New: func() any {
@@ -66,42 +26,101 @@ var groPool = sync.Pool{New: func() any {
 	return g
 }}
 
-// segmenter cuts one GSO packet into MTU-sized TCP segments across Read calls.
+// segmenter cuts one GSO packet into MTU-sized TCP segments across Read
+// calls, copying each segment's payload straight from the packet's views
+// into wireguard-go's buffer: only the headers are copied aside, so each
+// byte is copied once on its way out.
 type segmenter struct {
-	scratch []byte // the flattened packet: IP header, TCP header, payload
+	pkt     *stack.PacketBuffer // held (a reference of ours) while active
+	views   [][]byte            // pkt's views
+	hdr     [maxHeaders]byte    // IP header, TCP header
 	ipLen   int
 	tcpLen  int
 	mss     int
 	payload int
 	next    int // offset in the payload of the next segment
+	view    int // views[view][off] is the payload byte at next
+	off     int
 	v6      bool
 	active  bool
 }
 
-// load flattens pkt and prepares its segments; pkt may be released after.
-// It reports false, preparing nothing, for a packet it cannot cut.
+// maxHeaders bounds the IP and TCP headers of a GSO packet: gVisor's TCP
+// sends no IP options or extension headers, and TCP options are at most
+// 40 bytes.
+const maxHeaders = header.IPv6MinimumSize + header.TCPHeaderMaximumSize
+
+// load prepares pkt's segments, taking a reference to pkt until the last
+// one is emitted; the caller keeps its own. It reports false, preparing
+// nothing, for a packet it cannot cut.
 func (g *segmenter) load(pkt *stack.PacketBuffer) bool {
+	g.release()
 	size := pkt.Size()
-	if cap(g.scratch) < size {
-		g.scratch = make([]byte, size)
-	}
-	g.scratch = g.scratch[:size]
-	copyPacket(g.scratch, pkt)
 	opts := pkt.GSOOptions
 	g.v6 = opts.Type == stack.GSOTCPv6
 	g.ipLen = int(opts.L3HdrLen)
 	g.mss = int(opts.MSS)
-	if (opts.Type != stack.GSOTCPv4 && opts.Type != stack.GSOTCPv6) || g.mss <= 0 || g.ipLen+header.TCPMinimumSize > size {
+	if (opts.Type != stack.GSOTCPv4 && opts.Type != stack.GSOTCPv6) || g.mss <= 0 || g.ipLen+header.TCPMinimumSize > size || g.ipLen+header.TCPMinimumSize > maxHeaders {
 		return false
 	}
-	g.tcpLen = int(header.TCP(g.scratch[g.ipLen:]).DataOffset())
-	if g.tcpLen < header.TCPMinimumSize || g.ipLen+g.tcpLen > size {
+	g.views = pkt.AsSlices()
+	// Headers first: the IP header and the TCP header's fixed part, to
+	// learn the TCP header's length, then the rest of it.
+	if copyFrom(g.views, 0, g.hdr[:g.ipLen+header.TCPMinimumSize]) < g.ipLen+header.TCPMinimumSize {
+		g.views = nil
 		return false
 	}
-	g.payload = size - g.ipLen - g.tcpLen
+	g.tcpLen = int(header.TCP(g.hdr[g.ipLen:]).DataOffset())
+	hdrLen := g.ipLen + g.tcpLen
+	if g.tcpLen < header.TCPMinimumSize || hdrLen > size || hdrLen > maxHeaders {
+		g.views = nil
+		return false
+	}
+	copyFrom(g.views, 0, g.hdr[:hdrLen])
+	g.payload = size - hdrLen
 	g.next = 0
+	// Find the payload's first byte in the views.
+	g.view, g.off = 0, hdrLen
+	for g.view < len(g.views) && g.off >= len(g.views[g.view]) {
+		g.off -= len(g.views[g.view])
+		g.view++
+	}
 	g.active = g.payload > 0
-	return g.active
+	if !g.active {
+		g.views = nil
+		return false
+	}
+	pkt.IncRef()
+	g.pkt = pkt
+	return true
+}
+
+// copyFrom copies the first len(dst) bytes of views into dst, starting
+// skip bytes in; it returns how many it copied.
+func copyFrom(views [][]byte, skip int, dst []byte) int {
+	n := 0
+	for _, v := range views {
+		if skip >= len(v) {
+			skip -= len(v)
+			continue
+		}
+		n += copy(dst[n:], v[skip:])
+		skip = 0
+		if n == len(dst) {
+			break
+		}
+	}
+	return n
+}
+
+// release drops the packet, if any.
+func (g *segmenter) release() {
+	if g.pkt != nil {
+		g.pkt.DecRef()
+		g.pkt = nil
+	}
+	g.views = nil
+	g.active = false
 }
 
 // emit writes the next segment into dst and returns its length.
@@ -109,8 +128,15 @@ func (g *segmenter) emit(dst []byte) int {
 	hdrLen := g.ipLen + g.tcpLen
 	seg := min(g.mss, g.payload-g.next)
 	first, last := g.next == 0, g.next+seg >= g.payload
-	n := copy(dst, g.scratch[:hdrLen])
-	n += copy(dst[n:], g.scratch[hdrLen+g.next:hdrLen+g.next+seg])
+	n := copy(dst, g.hdr[:hdrLen])
+	for want := n + seg; n < want; {
+		v := g.views[g.view][g.off:]
+		c := copy(dst[n:want], v)
+		n += c
+		if g.off += c; g.off == len(g.views[g.view]) {
+			g.view, g.off = g.view+1, 0
+		}
+	}
 	ip, tcp := dst[:g.ipLen], header.TCP(dst[g.ipLen:hdrLen])
 	if g.v6 {
 		binary.BigEndian.PutUint16(ip[4:], uint16(g.tcpLen+seg))
@@ -132,7 +158,7 @@ func (g *segmenter) emit(dst []byte) int {
 	tcp.SetFlags(uint8(flags))
 	g.next += seg
 	if g.next >= g.payload {
-		g.active = false
+		g.release()
 	}
 	return n
 }

@@ -12,7 +12,10 @@ import (
 
 // gsoPacket builds a TCP packet of payloadLen bytes as gVisor hands a GSO
 // packet to the link endpoint.
-func gsoPacket(t *testing.T, v6 bool, payloadLen, mss int, flags header.TCPFlags) *stack.PacketBuffer {
+// With views > 1 the bytes are spread over up to that many views of
+// uneven sizes, the first cutting through the TCP header, as in a packet
+// built from several chunks.
+func gsoPacket(t *testing.T, v6 bool, payloadLen, mss int, flags header.TCPFlags, views ...int) *stack.PacketBuffer {
 	t.Helper()
 	payload := make([]byte, payloadLen)
 	for i := range payload {
@@ -33,15 +36,38 @@ func gsoPacket(t *testing.T, v6 bool, payloadLen, mss int, flags header.TCPFlags
 			Protocol: uint8(header.TCPProtocolNumber), SrcAddr: tcpip.AddrFrom4([4]byte{192, 0, 2, 1}), DstAddr: tcpip.AddrFrom4([4]byte{192, 0, 2, 2})})
 		gso.Type, gso.L3HdrLen = stack.GSOTCPv4, header.IPv4MinimumSize
 	}
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(append(append(ip, tcp...), payload...))})
+	all := append(append(ip, tcp...), payload...)
+	var buf buffer.Buffer
+	if len(views) == 0 || views[0] <= 1 {
+		buf = buffer.MakeWithData(all)
+	} else {
+		cut := len(ip) + 7 // inside the TCP header
+		for i := 0; len(all) > 0; i++ {
+			n := min(cut, len(all))
+			if i == views[0]-1 {
+				n = len(all)
+			}
+			buf.Append(buffer.NewViewWithData(all[:n]))
+			all = all[n:]
+			cut = 333 + 517*i
+		}
+	}
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buf})
 	pkt.GSOOptions = gso
 	return pkt
 }
 
 func TestSegmenter(t *testing.T) {
-	for _, v6 := range []bool{false, true} {
+	for _, tc := range []struct {
+		v6    bool
+		views int
+	}{{false, 1}, {true, 1}, {false, 6}, {true, 6}} {
+		v6 := tc.v6
 		const mss, payloadLen = 1000, 3500
-		pkt := gsoPacket(t, v6, payloadLen, mss, header.TCPFlagAck|header.TCPFlagPsh|header.TCPFlagFin|header.TCPFlagCwr)
+		pkt := gsoPacket(t, v6, payloadLen, mss, header.TCPFlagAck|header.TCPFlagPsh|header.TCPFlagFin|header.TCPFlagCwr, tc.views)
+		if got := len(pkt.AsSlices()); (got > 1) != (tc.views > 1) {
+			t.Fatalf("test packet has %d views, want %d", got, tc.views)
+		}
 		var g segmenter
 		if !g.load(pkt) {
 			t.Fatal("load refused a valid GSO packet")
@@ -88,7 +114,7 @@ func TestSegmenter(t *testing.T) {
 			want[i] = byte(i % 251)
 		}
 		if !bytes.Equal(got, want) {
-			t.Errorf("v6=%v: payload not reassembled intact (%d bytes)", v6, len(got))
+			t.Errorf("v6=%v, %d views: payload not reassembled intact (%d bytes)", v6, tc.views, len(got))
 		}
 	}
 }

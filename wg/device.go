@@ -30,7 +30,10 @@ type Config struct {
 	// ListenPort is the UDP port; 0 picks a free one (fine for a client).
 	ListenPort int
 	// TUN carries the device's plaintext packets; the Device closes it.
-	TUN    tun.Device
+	TUN tun.Device
+	// Bind is the device's network side; nil means our UDP bind
+	// (bind_linux.go). Tests can pass wireguard-go's conn/bindtest.
+	Bind   conn.Bind
 	Logger *slog.Logger
 }
 
@@ -56,8 +59,9 @@ type PeerStats struct {
 
 // Device is a running wireguard-go device.
 type Device struct {
-	dev *device.Device
-	log *slog.Logger
+	dev  *device.Device
+	bind conn.Bind
+	log  *slog.Logger
 
 	mu      sync.Mutex
 	owners  map[netip.Prefix]Key // allowed IP -> peer, to refuse duplicates
@@ -89,8 +93,13 @@ func New(cfg Config) (*Device, error) {
 		Verbosef: func(format string, args ...any) { log.Debug(fmt.Sprintf(format, args...)) },
 		Errorf:   func(format string, args ...any) { log.Warn(fmt.Sprintf(format, args...)) },
 	}
+	bind := cfg.Bind
+	if bind == nil {
+		bind = newBind()
+	}
 	d := &Device{
-		dev:    device.NewDevice(cfg.TUN, conn.NewDefaultBind(), dlog),
+		dev:    device.NewDevice(cfg.TUN, bind, dlog),
+		bind:   bind,
 		log:    log,
 		owners: make(map[netip.Prefix]Key),
 		peers:  make(map[Key][]netip.Prefix),
@@ -267,6 +276,16 @@ func (d *Device) Rehandshake(pub Key) error {
 		return fmt.Errorf("wg: no peer %s", pub)
 	}
 	return p.SendHandshakeInitiation(false)
+}
+
+// BindStats reports the counters of the device's UDP sockets (receive
+// buffer drops, buffer sizes, offloads); ok is false for a Bind given in
+// Config that keeps none.
+func (d *Device) BindStats() (st BindStats, ok bool) {
+	if b, ok := d.bind.(interface{ Stats() BindStats }); ok {
+		return b.Stats(), true
+	}
+	return BindStats{}, false
 }
 
 // ListenPort reports the UDP port the device is bound to.

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.zx2c4.com/wireguard/conn/bindtest"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 )
 
@@ -176,4 +177,56 @@ func TestNewValidates(t *testing.T) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}
 	}
+}
+
+// TestDevicesOverBindtest runs two devices over wireguard-go's in-memory
+// bind, which Config.Bind accepts instead of our UDP one.
+func TestDevicesOverBindtest(t *testing.T) {
+	binds := bindtest.NewChannelBinds()
+	var devs [2]*Device
+	var tuns [2]*tuntest.ChannelTUN
+	var keys [2]Key
+	for i := range devs {
+		keys[i], _ = GenerateKey()
+		tuns[i] = tuntest.NewChannelTUN()
+		d, err := New(Config{PrivateKey: keys[i], TUN: tuns[i].TUN(), Bind: binds[i], Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		devs[i] = d
+	}
+	if _, ok := devs[0].BindStats(); ok {
+		t.Error("bindtest's bind reported socket stats")
+	}
+	ipA, ipB := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	// bindtest's endpoints are ports on 127.0.0.1: 1 reaches the second bind.
+	if err := devs[0].SetPeer(Peer{PublicKey: keys[1].PublicKey(), AllowedIPs: []netip.Prefix{netip.PrefixFrom(ipB, 32)},
+		Endpoint: netip.MustParseAddrPort("127.0.0.1:1")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := devs[1].SetPeer(Peer{PublicKey: keys[0].PublicKey(), AllowedIPs: []netip.Prefix{netip.PrefixFrom(ipA, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		ping := tuntest.Ping(ipB, ipA)
+		tuns[0].Outbound <- ping
+		select {
+		case got := <-tuns[1].Inbound:
+			if !bytes.Equal(got, ping) {
+				t.Fatalf("packet %d changed in transit", i)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("packet %d never arrived", i)
+		}
+	}
+}
+
+func TestDefaultBindStats(t *testing.T) {
+	d, _, _ := newDevice(t)
+	st, ok := d.BindStats()
+	if !ok || st.RcvBuf == 0 {
+		t.Fatalf("stats %+v, %v", st, ok)
+	}
+	t.Logf("socket buffers %d/%d bytes, GSO %v, GRO %v", st.RcvBuf, st.SndBuf, st.TxOffload, st.RxOffload)
 }

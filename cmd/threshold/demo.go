@@ -19,6 +19,10 @@ import (
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
+	"github.com/thresholdtunnel/threshold/atomicfile"
+	"github.com/thresholdtunnel/threshold/client"
+	"github.com/thresholdtunnel/threshold/control"
+	"github.com/thresholdtunnel/threshold/server"
 	"github.com/thresholdtunnel/threshold/wg"
 )
 
@@ -116,21 +120,24 @@ func (d *demo) run() error {
 		return err
 	}
 	for name, k := range map[string]wg.Key{"server.key": serverKey, "client.key": clientKey} {
-		if err := writeFileAtomic(filepath.Join(d.dir, name), []byte(k.String()+"\n"), 0o600); err != nil {
+		if err := atomicfile.Write(filepath.Join(d.dir, name), []byte(k.String()+"\n"), 0o600); err != nil {
 			return err
 		}
 	}
-	serverCfg := ServerConfig{
+	serverCfg := server.Config{
 		TunnelControlPort: tunnelPort, ManagementPort: mgmtPort, ManagementAddress: "127.0.0.1",
 		PrivateKeyFile: filepath.Join(d.dir, "server.key"),
-		Clients:        []ClientRegistration{{ClientId: "TestClient1", PublicKey: clientKey.PublicKey().String()}},
+		Clients:        []control.Registration{{ClientId: "TestClient1", PublicKey: clientKey.PublicKey().String()}},
 	}
-	clientCfg := ClientConfig{
+	clientCfg := client.Config{
 		ClientId: "TestClient1", ServerHost: "127.0.0.1", ServerTunnelControlPort: tunnelPort,
 		ServerPublicKey: serverKey.PublicKey().String(), PrivateKeyFile: filepath.Join(d.dir, "client.key"),
 		ServiceToLocalAddrMap: map[string]string{"fooService": backend.Addr().String()},
 	}
 
+	// Shown as they run, defaults filled in.
+	serverCfg.FillDefaults()
+	clientCfg.FillDefaults()
 	d.say("\nStarting the tunnel server with tunnel control port (UDP): %d, management port: %d", tunnelPort, mgmtPort)
 	if err := d.start(exe, "server", serverCfg); err != nil {
 		return err

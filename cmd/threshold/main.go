@@ -15,6 +15,9 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/thresholdtunnel/threshold/client"
+	"github.com/thresholdtunnel/threshold/control"
+	"github.com/thresholdtunnel/threshold/server"
 	"github.com/thresholdtunnel/threshold/wg"
 )
 
@@ -130,42 +133,49 @@ func runDaemon(role string, args []string, stderr io.Writer) int {
 		err = connect(ctx, *configPath, stderr)
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "threshold %s: %v\n", role, err)
+		printError(stderr, "threshold "+role, err)
 		return 1
 	}
 	return 0
 }
 
-func serve(ctx context.Context, path string, stderr io.Writer) error {
-	var cfg ServerConfig
-	if err := loadConfig(path, &cfg); err != nil {
-		return err
+// printError prints err, one problem a line when it lists several.
+func printError(w io.Writer, prefix string, err error) {
+	var p *control.Problems
+	if errors.As(err, &p) {
+		fmt.Fprintf(w, "%s: %s:\n", prefix, p.Title())
+		for _, line := range p.Lines() {
+			fmt.Fprintf(w, "  %s\n", line)
+		}
+		return
 	}
-	if err := cfg.validate(); err != nil {
+	fmt.Fprintf(w, "%s: %v\n", prefix, err)
+}
+
+func serve(ctx context.Context, path string, stderr io.Writer) error {
+	var cfg server.Config
+	if err := loadConfig(path, &cfg); err != nil {
 		return err
 	}
 	log := newLogger(stderr, cfg.DebugLog, cfg.LogFormat).With("role", "server")
-	s, err := newServer(cfg, log)
+	s, err := server.New(cfg, log)
 	if err != nil {
 		return err
 	}
-	return s.run(ctx)
+	return s.Run(ctx)
 }
 
 func connect(ctx context.Context, path string, stderr io.Writer) error {
-	var cfg ClientConfig
+	var cfg client.Config
 	if err := loadConfig(path, &cfg); err != nil {
 		return err
 	}
-	if err := cfg.validate(); err != nil {
-		return err
-	}
 	log := newLogger(stderr, cfg.DebugLog, cfg.LogFormat).With("role", "client")
-	c, err := newClient(ctx, cfg, log)
+	c, err := client.New(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	return c.run(ctx)
+	return c.Run(ctx)
 }
 
 func runGenkey(args []string, stdout, stderr io.Writer) int {

@@ -1,4 +1,4 @@
-package forward
+package sniff
 
 import (
 	"bytes"
@@ -14,44 +14,44 @@ import (
 	"time"
 )
 
-// PeekProto is what PeekHostname recognized at the start of a connection.
-type PeekProto int
+// Proto is what Hostname recognized at the start of a connection.
+type Proto int
 
 const (
-	// PeekOther is anything but TLS and plain HTTP/1.x.
-	PeekOther PeekProto = iota
-	// PeekTLS is a TLS ClientHello; the host is its SNI.
-	PeekTLS
-	// PeekHTTP is a plain HTTP/1.x request; the host is its Host header.
-	PeekHTTP
+	// Other is anything but TLS and plain HTTP/1.x.
+	Other Proto = iota
+	// TLS is a TLS ClientHello; the host is its SNI.
+	TLS
+	// HTTP is a plain HTTP/1.x request; the host is its Host header.
+	HTTP
 )
 
-func (p PeekProto) String() string {
+func (p Proto) String() string {
 	switch p {
-	case PeekOther:
+	case Other:
 		return "other"
-	case PeekTLS:
+	case TLS:
 		return "tls"
-	case PeekHTTP:
+	case HTTP:
 		return "http"
 	}
-	return fmt.Sprintf("PeekProto(%d)", int(p))
+	return fmt.Sprintf("Proto(%d)", int(p))
 }
 
 var (
-	// ErrPeekTooLarge means the client sent more than the byte limit
+	// ErrTooLarge means the client sent more than the byte limit
 	// without naming a host.
-	ErrPeekTooLarge = errors.New("peek: client sent too many bytes before naming a host")
-	// ErrPeekMalformed means the client's TLS ClientHello or HTTP request
+	ErrTooLarge = errors.New("peek: client sent too many bytes before naming a host")
+	// ErrMalformed means the client's TLS ClientHello or HTTP request
 	// head could not be parsed; the cause is wrapped.
-	ErrPeekMalformed = errors.New("peek: malformed client greeting")
+	ErrMalformed = errors.New("peek: malformed client greeting")
 )
 
 const (
-	// DefaultPeekTimeout is used when PeekHostname is given no timeout.
-	DefaultPeekTimeout = 10 * time.Second
-	// DefaultPeekMaxBytes is used when PeekHostname is given no byte limit.
-	DefaultPeekMaxBytes = 64 << 10
+	// DefaultTimeout is used when Hostname is given no timeout.
+	DefaultTimeout = 10 * time.Second
+	// DefaultMaxBytes is used when Hostname is given no byte limit.
+	DefaultMaxBytes = 64 << 10
 )
 
 // maxMethodLen bounds the HTTP method token; the longest registered
@@ -64,62 +64,62 @@ var errPeekGotHello = errors.New("peek: got ClientHello")
 // errPeekReadOnly is what the TLS handshake gets if it tries to write.
 var errPeekReadOnly = errors.New("peek: connection is read-only while peeking")
 
-// PeekHostname reads from c just enough to learn which host the client
+// Hostname reads from c just enough to learn which host the client
 // wants: the SNI of a TLS ClientHello (without terminating TLS), or the
 // Host of a plain HTTP/1.x request (the authority of an absolute-form
 // request target wins). Hosts are lowercased, with the port, IPv6 brackets
 // and one trailing dot removed. TLS without SNI and HTTP without Host give
-// host "". Anything else gives PeekOther and host "" as soon as the bytes
+// host "". Anything else gives Other and host "" as soon as the bytes
 // read rule out TLS and HTTP: TLS starts with a handshake record (0x16),
 // HTTP with a method token, a space, and its first line must be an
 // HTTP/x.y request line.
 //
-// The whole peek has a read deadline of timeout (DefaultPeekTimeout if not
+// The whole peek has a read deadline of timeout (DefaultTimeout if not
 // positive); afterwards the read deadline is cleared, so one c had before
-// is lost. If the deadline cannot be set, PeekHostname fails at once. A client that stays silent or never finishes its greeting gets an
+// is lost. If the deadline cannot be set, Hostname fails at once. A client that stays silent or never finishes its greeting gets an
 // error wrapping os.ErrDeadlineExceeded. At most maxBytes
-// (DefaultPeekMaxBytes if not positive) are read; a greeting that does not
-// fit gives ErrPeekTooLarge. An unparsable greeting gives ErrPeekMalformed.
+// (DefaultMaxBytes if not positive) are read; a greeting that does not
+// fit gives ErrTooLarge. An unparsable greeting gives ErrMalformed.
 //
 // replay is never nil: it reads every byte consumed during the peek,
 // unchanged, then continues from c; everything else goes to c. It is
 // returned on error too, so a caller may still forward the connection.
-func PeekHostname(c net.Conn, timeout time.Duration, maxBytes int) (host string, proto PeekProto, replay net.Conn, err error) {
+func Hostname(c net.Conn, timeout time.Duration, maxBytes int) (host string, proto Proto, replay net.Conn, err error) {
 	if timeout <= 0 {
-		timeout = DefaultPeekTimeout
+		timeout = DefaultTimeout
 	}
 	if maxBytes <= 0 {
-		maxBytes = DefaultPeekMaxBytes
+		maxBytes = DefaultMaxBytes
 	}
 	r := &peekRecorder{c: c, max: maxBytes}
 	defer func() { replay = &replayConn{Conn: c, pending: r.buf} }()
 
 	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
-		return "", PeekOther, nil, fmt.Errorf("peek: setting read deadline: %w", err)
+		return "", Other, nil, fmt.Errorf("peek: setting read deadline: %w", err)
 	}
 	// Best effort: it fails only on a closed connection (or, for net.Pipe,
 	// one whose other end is closed), where reads fail anyway.
 	defer c.SetReadDeadline(time.Time{})
 
 	if err := r.fill(); err != nil {
-		return "", PeekOther, nil, r.readError(err)
+		return "", Other, nil, r.readError(err)
 	}
 	if r.buf[0] == 0x16 { // TLS record of type handshake
 		host, err := peekTLS(r)
-		return host, PeekTLS, nil, err
+		return host, TLS, nil, err
 	}
 	isHTTP, err := looksLikeHTTP(r)
 	if err != nil {
-		return "", PeekOther, nil, err
+		return "", Other, nil, err
 	}
 	if !isHTTP {
-		return "", PeekOther, nil, nil
+		return "", Other, nil, nil
 	}
 	host, isHTTP, err = peekHTTP(r)
 	if !isHTTP {
-		return "", PeekOther, nil, err
+		return "", Other, nil, err
 	}
-	return host, PeekHTTP, nil, err
+	return host, HTTP, nil, err
 }
 
 // peekRecorder reads from c, keeping every byte, up to max bytes. Its
@@ -129,7 +129,7 @@ type peekRecorder struct {
 	buf []byte
 	pos int // how much of buf Read has returned
 	max int
-	err error // first error: from c, or ErrPeekTooLarge
+	err error // first error: from c, or ErrTooLarge
 }
 
 func (r *peekRecorder) Read(p []byte) (int, error) {
@@ -153,7 +153,7 @@ func (r *peekRecorder) read(p []byte) (int, error) {
 	}
 	room := r.max - len(r.buf)
 	if room <= 0 {
-		r.err = ErrPeekTooLarge
+		r.err = ErrTooLarge
 		return 0, r.err
 	}
 	if len(p) > room {
@@ -181,14 +181,14 @@ func (r *peekRecorder) fill() error {
 	}
 }
 
-// readError describes err, an error of r.Read, for PeekHostname's caller.
+// readError describes err, an error of r.Read, for Hostname's caller.
 func (r *peekRecorder) readError(err error) error {
 	switch {
-	case errors.Is(err, ErrPeekTooLarge):
-		return fmt.Errorf("%w (limit %d bytes)", ErrPeekTooLarge, r.max)
+	case errors.Is(err, ErrTooLarge):
+		return fmt.Errorf("%w (limit %d bytes)", ErrTooLarge, r.max)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return fmt.Errorf("peek: client did not name a host in time (%d bytes read): %w", len(r.buf), err)
-	case isPeekTimeout(err):
+	case isTimeout(err):
 		return fmt.Errorf("peek: client did not name a host in time (%d bytes read): %w: %w", len(r.buf), os.ErrDeadlineExceeded, err)
 	case err == io.EOF && len(r.buf) > 0:
 		return fmt.Errorf("peek: client closed before naming a host (%d bytes read): %w", len(r.buf), io.ErrUnexpectedEOF)
@@ -196,7 +196,9 @@ func (r *peekRecorder) readError(err error) error {
 	return fmt.Errorf("peek: reading (%d bytes read): %w", len(r.buf), err)
 }
 
-func isPeekTimeout(err error) bool {
+// isTimeout also catches deadline errors that do not wrap
+// os.ErrDeadlineExceeded, such as gVisor's.
+func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
@@ -224,7 +226,7 @@ func peekTLS(r *peekRecorder) (string, error) {
 	if err == nil { // cannot happen: the config has no certificate
 		err = errors.New("handshake finished without a ClientHello")
 	}
-	return "", fmt.Errorf("%w: TLS: %w", ErrPeekMalformed, err)
+	return "", fmt.Errorf("%w: TLS: %w", ErrMalformed, err)
 }
 
 // peekTLSConn is the read-only connection the TLS handshake runs on.
@@ -351,7 +353,7 @@ func parseHTTPHead(head []byte) (string, error) {
 	reqLine := strings.TrimSuffix(lines[0], "\r")
 	method, rest, ok := strings.Cut(reqLine, " ")
 	if !ok || method == "" {
-		return "", fmt.Errorf("%w: HTTP: bad request line %.80q", ErrPeekMalformed, reqLine)
+		return "", fmt.Errorf("%w: HTTP: bad request line %.80q", ErrMalformed, reqLine)
 	}
 	target, _, _ := strings.Cut(rest, " ")
 
@@ -365,7 +367,7 @@ func parseHTTPHead(head []byte) (string, error) {
 		}
 		if line[0] == ' ' || line[0] == '\t' { // obsolete line folding
 			if prevHost {
-				return "", fmt.Errorf("%w: HTTP: folded Host header", ErrPeekMalformed)
+				return "", fmt.Errorf("%w: HTTP: folded Host header", ErrMalformed)
 			}
 			continue
 		}
@@ -377,7 +379,7 @@ func parseHTTPHead(head []byte) (string, error) {
 		}
 	}
 	if hosts > 1 {
-		return "", fmt.Errorf("%w: HTTP: %d Host headers", ErrPeekMalformed, hosts)
+		return "", fmt.Errorf("%w: HTTP: %d Host headers", ErrMalformed, hosts)
 	}
 	// RFC 9112, section 3.2.2: an absolute-form target overrides Host.
 	if authority, ok := absoluteAuthority(target); ok {
@@ -385,7 +387,7 @@ func parseHTTPHead(head []byte) (string, error) {
 	}
 	h, err := normalizeHTTPHost(host)
 	if err != nil {
-		return "", fmt.Errorf("%w: HTTP: %w", ErrPeekMalformed, err)
+		return "", fmt.Errorf("%w: HTTP: %w", ErrMalformed, err)
 	}
 	return h, nil
 }
@@ -493,18 +495,6 @@ func (c *replayConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
-// CloseWrite shuts the write half of the connection, reaching through
-// wrappers that expose Raw(); without CloseWrite it closes the connection.
-func (c *replayConn) CloseWrite() error {
-	conn := c.Conn
-	for {
-		switch v := conn.(type) {
-		case interface{ CloseWrite() error }:
-			return v.CloseWrite()
-		case interface{ Raw() net.Conn }:
-			conn = v.Raw()
-		default:
-			return conn.Close()
-		}
-	}
-}
+// Raw is the connection under the replayed bytes, so that a half-close
+// (CloseWrite) reaches it through this wrapper, as through go-proxyproto's.
+func (c *replayConn) Raw() net.Conn { return c.Conn }

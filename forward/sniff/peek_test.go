@@ -1,4 +1,4 @@
-package forward
+package sniff
 
 import (
 	"bytes"
@@ -191,9 +191,9 @@ func peekCaptureHello(t testing.TB, cfg *tls.Config) []byte {
 }
 
 // tlsPeekThenHandshake runs a real TLS client (over wrap of the client
-// conn) against PeekHostname followed by a real tls.Server on the replay
+// conn) against Hostname followed by a real tls.Server on the replay
 // conn, exchanges data both ways, and returns what the peek found.
-func tlsPeekThenHandshake(t *testing.T, pair peekConnPair, wrap func(net.Conn) net.Conn, ccfg *tls.Config) (string, PeekProto) {
+func tlsPeekThenHandshake(t *testing.T, pair peekConnPair, wrap func(net.Conn) net.Conn, ccfg *tls.Config) (string, Proto) {
 	t.Helper()
 	cert, _ := testPeekCert(t)
 	client, server := pair(t)
@@ -223,10 +223,10 @@ func tlsPeekThenHandshake(t *testing.T, pair peekConnPair, wrap func(net.Conn) n
 		}()
 	}()
 
-	host, proto, replay, err := PeekHostname(server, 5*time.Second, 16<<10)
+	host, proto, replay, err := Hostname(server, 5*time.Second, 16<<10)
 	if err != nil {
 		server.Close()
-		t.Fatalf("PeekHostname: %v (client: %v)", err, <-clientErr)
+		t.Fatalf("Hostname: %v (client: %v)", err, <-clientErr)
 	}
 	srv := tls.Server(replay, &tls.Config{Certificates: []tls.Certificate{cert}})
 	if err := srv.Handshake(); err != nil {
@@ -250,10 +250,10 @@ func tlsPeekThenHandshake(t *testing.T, pair peekConnPair, wrap func(net.Conn) n
 	return host, proto
 }
 
-// peekBytes feeds input to PeekHostname over a pipe, written in chunks of
+// peekBytes feeds input to Hostname over a pipe, written in chunks of
 // chunk bytes (all at once if 0), then closed. It returns the peek's
 // results and everything read back from the replay conn.
-func peekBytes(t testing.TB, input []byte, chunk int, timeout time.Duration, maxBytes int) (host string, proto PeekProto, err error, consumed, replayed []byte) {
+func peekBytes(t testing.TB, input []byte, chunk int, timeout time.Duration, maxBytes int) (host string, proto Proto, err error, consumed, replayed []byte) {
 	t.Helper()
 	c, s := net.Pipe()
 	defer s.Close()
@@ -267,7 +267,7 @@ func peekBytes(t testing.TB, input []byte, chunk int, timeout time.Duration, max
 		}
 		w.Write(input)
 	}()
-	host, proto, replay, err := PeekHostname(s, timeout, maxBytes)
+	host, proto, replay, err := Hostname(s, timeout, maxBytes)
 	if replay == nil {
 		t.Fatal("replay is nil")
 	}
@@ -292,7 +292,7 @@ func TestPeekTLSSNI(t *testing.T) {
 				{"example.com.", "example.com"}, // the Go client drops the dot
 			} {
 				host, proto := tlsPeekThenHandshake(t, p.pair, nil, peekClientConfig(t, tc.sni))
-				if host != tc.want || proto != PeekTLS {
+				if host != tc.want || proto != TLS {
 					t.Errorf("SNI %q: got %q, %v; want %q, tls", tc.sni, host, proto, tc.want)
 				}
 			}
@@ -303,11 +303,11 @@ func TestPeekTLSSNI(t *testing.T) {
 func TestPeekTLSNoSNI(t *testing.T) {
 	// An IP address as ServerName is verified but not sent as SNI.
 	host, proto := tlsPeekThenHandshake(t, peekTCPPair, nil, peekClientConfig(t, "127.0.0.1"))
-	if host != "" || proto != PeekTLS {
+	if host != "" || proto != TLS {
 		t.Errorf("got %q, %v; want \"\", tls", host, proto)
 	}
 	host, proto = tlsPeekThenHandshake(t, peekPipePair, nil, &tls.Config{InsecureSkipVerify: true})
-	if host != "" || proto != PeekTLS {
+	if host != "" || proto != TLS {
 		t.Errorf("no ServerName: got %q, %v; want \"\", tls", host, proto)
 	}
 }
@@ -322,7 +322,7 @@ func TestPeekTLSOneByteAtATime(t *testing.T) {
 				return &peekChunkConn{Conn: c, n: 1}
 			}
 			host, proto := tlsPeekThenHandshake(t, p.pair, wrap, peekClientConfig(t, "a.example.com"))
-			if host != "a.example.com" || proto != PeekTLS {
+			if host != "a.example.com" || proto != TLS {
 				t.Errorf("got %q, %v", host, proto)
 			}
 		})
@@ -334,7 +334,7 @@ func TestPeekTLSSplitRecords(t *testing.T) {
 	for _, cuts := range [][]int{{1}, {4}, {100}, {helloLen / 2}, {helloLen - 1}, {2, 300, 301, helloLen - 10}} {
 		wrap := func(c net.Conn) net.Conn { return &peekReframeConn{Conn: c, cuts: cuts, t: t} }
 		host, proto := tlsPeekThenHandshake(t, peekPipePair, wrap, peekClientConfig(t, "x.example.com"))
-		if host != "x.example.com" || proto != PeekTLS {
+		if host != "x.example.com" || proto != TLS {
 			t.Errorf("cuts %v: got %q, %v", cuts, host, proto)
 		}
 	}
@@ -367,7 +367,7 @@ func TestPeekTLSLargeClientHello(t *testing.T) {
 	}
 	// Exactly fits the limit.
 	host, proto, err, consumed, replayed := peekBytes(t, hello, 0, 5*time.Second, len(hello))
-	if err != nil || host != "big.example.com" || proto != PeekTLS {
+	if err != nil || host != "big.example.com" || proto != TLS {
 		t.Errorf("limit = hello size: got %q, %v, %v", host, proto, err)
 	}
 	if !bytes.Equal(consumed, hello) || !bytes.Equal(replayed, hello) {
@@ -381,8 +381,8 @@ func TestPeekTLSLargeClientHello(t *testing.T) {
 	}
 	// One byte short of the limit.
 	_, proto, err, consumed, replayed = peekBytes(t, hello, 0, 5*time.Second, len(hello)-1)
-	if !errors.Is(err, ErrPeekTooLarge) || proto != PeekTLS {
-		t.Errorf("limit = hello size - 1: got %v, %v; want ErrPeekTooLarge", proto, err)
+	if !errors.Is(err, ErrTooLarge) || proto != TLS {
+		t.Errorf("limit = hello size - 1: got %v, %v; want ErrTooLarge", proto, err)
 	}
 	if len(consumed) != len(hello)-1 || !bytes.Equal(replayed, hello) {
 		t.Errorf("consumed %d bytes, replay equal %v", len(consumed), bytes.Equal(replayed, hello))
@@ -397,8 +397,8 @@ func TestPeekTLSMalformed(t *testing.T) {
 		"\x16\x03\x01\x00\x08\x01\x00\x00\x04junk",
 	} {
 		_, proto, err, _, replayed := peekBytes(t, []byte(in), 0, 5*time.Second, 0)
-		if !errors.Is(err, ErrPeekMalformed) || proto != PeekTLS {
-			t.Errorf("%q: got %v, %v; want ErrPeekMalformed", in, proto, err)
+		if !errors.Is(err, ErrMalformed) || proto != TLS {
+			t.Errorf("%q: got %v, %v; want ErrMalformed", in, proto, err)
 		}
 		if string(replayed) != in {
 			t.Errorf("%q: replayed %q", in, replayed)
@@ -407,7 +407,7 @@ func TestPeekTLSMalformed(t *testing.T) {
 	// Cut short by the client closing.
 	hello := peekCaptureHello(t, peekClientConfig(t, "a.example.com"))
 	_, proto, err, _, replayed := peekBytes(t, hello[:700], 0, 5*time.Second, 0)
-	if !errors.Is(err, io.ErrUnexpectedEOF) || proto != PeekTLS || !bytes.Equal(replayed, hello[:700]) {
+	if !errors.Is(err, io.ErrUnexpectedEOF) || proto != TLS || !bytes.Equal(replayed, hello[:700]) {
 		t.Errorf("truncated hello: got %v, %v; want io.ErrUnexpectedEOF", proto, err)
 	}
 }
@@ -435,7 +435,7 @@ func TestPeekHTTP(t *testing.T) {
 	for _, tt := range tests {
 		for _, chunk := range []int{0, 1, 5} {
 			host, proto, err, consumed, replayed := peekBytes(t, []byte(tt.in), chunk, 5*time.Second, 0)
-			if err != nil || host != tt.want || proto != PeekHTTP {
+			if err != nil || host != tt.want || proto != HTTP {
 				t.Errorf("%s (chunk %d): got %q, %v, %v; want %q, http", tt.name, chunk, host, proto, err, tt.want)
 			}
 			if string(replayed) != tt.in || !strings.HasPrefix(tt.in, string(consumed)) {
@@ -458,8 +458,8 @@ func TestPeekHTTPMalformed(t *testing.T) {
 		"GET / HTTP/1.1\r\nHost: a.com\r\n b.com\r\n\r\n",
 	} {
 		_, proto, err, _, replayed := peekBytes(t, []byte(in), 0, 5*time.Second, 0)
-		if !errors.Is(err, ErrPeekMalformed) || proto != PeekHTTP {
-			t.Errorf("%q: got %v, %v; want ErrPeekMalformed", in, proto, err)
+		if !errors.Is(err, ErrMalformed) || proto != HTTP {
+			t.Errorf("%q: got %v, %v; want ErrMalformed", in, proto, err)
 		}
 		if string(replayed) != in {
 			t.Errorf("%q: replayed %q", in, replayed)
@@ -480,7 +480,7 @@ func TestPeekOther(t *testing.T) {
 		"\x15\x03\x01\x00\x02\x02\x28", // a TLS alert, not a handshake
 	} {
 		host, proto, err, consumed, replayed := peekBytes(t, []byte(in), 0, 5*time.Second, 0)
-		if err != nil || host != "" || proto != PeekOther {
+		if err != nil || host != "" || proto != Other {
 			t.Errorf("%q: got %q, %v, %v; want \"\", other, nil", in, host, proto, err)
 		}
 		if string(replayed) != in || !strings.HasPrefix(in, string(consumed)) {
@@ -497,16 +497,16 @@ func TestPeekMaxBytes(t *testing.T) {
 	}
 	big := "GET / HTTP/1.1\r\nCookie: " + strings.Repeat("x", 5000) + "\r\nHost: a.example\r\n\r\n"
 	_, proto, err, consumed, replayed := peekBytes(t, []byte(big), 0, 5*time.Second, 4096)
-	if !errors.Is(err, ErrPeekTooLarge) || proto != PeekHTTP {
-		t.Errorf("big header: got %v, %v; want ErrPeekTooLarge", proto, err)
+	if !errors.Is(err, ErrTooLarge) || proto != HTTP {
+		t.Errorf("big header: got %v, %v; want ErrTooLarge", proto, err)
 	}
 	if len(consumed) != 4096 || string(replayed) != big {
 		t.Errorf("consumed %d bytes, replay equal %v", len(consumed), string(replayed) == big)
 	}
 	// A request line that never ends.
 	_, _, err, _, _ = peekBytes(t, []byte("GET /"+strings.Repeat("a", 3000)), 0, 5*time.Second, 1000)
-	if !errors.Is(err, ErrPeekTooLarge) {
-		t.Errorf("endless request line: got %v; want ErrPeekTooLarge", err)
+	if !errors.Is(err, ErrTooLarge) {
+		t.Errorf("endless request line: got %v; want ErrTooLarge", err)
 	}
 }
 
@@ -519,7 +519,7 @@ func TestPeekSilentClient(t *testing.T) {
 				go client.Write([]byte(prefix))
 			}
 			start := time.Now()
-			_, _, replay, err := PeekHostname(server, 200*time.Millisecond, 0)
+			_, _, replay, err := Hostname(server, 200*time.Millisecond, 0)
 			elapsed := time.Since(start)
 			if !errors.Is(err, os.ErrDeadlineExceeded) {
 				t.Errorf("%s %.20q: got %v; want os.ErrDeadlineExceeded", p.name, prefix, err)
@@ -540,7 +540,7 @@ func TestPeekSilentClient(t *testing.T) {
 func TestPeekClientClosesAtOnce(t *testing.T) {
 	client, server := peekTCPPair(t)
 	client.Close()
-	_, _, replay, err := PeekHostname(server, 5*time.Second, 0)
+	_, _, replay, err := Hostname(server, 5*time.Second, 0)
 	if !errors.Is(err, io.EOF) || replay == nil {
 		t.Errorf("got %v, %v; want io.EOF and a replay conn", replay, err)
 	}
@@ -566,7 +566,7 @@ func TestPeekClearsDeadline(t *testing.T) {
 		dc := &peekDeadlineConn{Conn: server}
 		go client.Write([]byte(in))
 		start := time.Now()
-		PeekHostname(dc, time.Minute, 0)
+		Hostname(dc, time.Minute, 0)
 		dc.mu.Lock()
 		d := dc.deadlines
 		dc.mu.Unlock()
@@ -580,8 +580,8 @@ func TestPeekReplayConn(t *testing.T) {
 	client, server := peekTCPPair(t)
 	in := "GET / HTTP/1.1\r\nHost: a.example\r\n\r\nbody"
 	go client.Write([]byte(in))
-	host, proto, replay, err := PeekHostname(server, 5*time.Second, 0)
-	if err != nil || host != "a.example" || proto != PeekHTTP {
+	host, proto, replay, err := Hostname(server, 5*time.Second, 0)
+	if err != nil || host != "a.example" || proto != HTTP {
 		t.Fatalf("got %q, %v, %v", host, proto, err)
 	}
 	if replay.LocalAddr().String() != server.LocalAddr().String() || replay.RemoteAddr().String() != server.RemoteAddr().String() {
@@ -594,22 +594,11 @@ func TestPeekReplayConn(t *testing.T) {
 	if _, err := replay.Write([]byte("HTTP/1.1 200 OK\r\n\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	cw, ok := replay.(interface{ CloseWrite() error })
-	if !ok {
-		t.Fatal("replay has no CloseWrite")
-	}
-	if err := cw.CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	got, err := io.ReadAll(client) // ends: the write half is shut
-	if err != nil || string(got) != "HTTP/1.1 200 OK\r\n\r\n" {
-		t.Errorf("client read %q, %v", got, err)
-	}
-	// The read half still works after the half-close.
-	go func() { client.Write([]byte("more")); client.Close() }()
-	rest, err := io.ReadAll(replay)
-	if err != nil || string(rest) != "more" {
-		t.Errorf("after CloseWrite, replay read %q, %v", rest, err)
+	// A half-close reaches the connection through Raw, as through
+	// go-proxyproto's wrapper.
+	raw, ok := replay.(interface{ Raw() net.Conn })
+	if !ok || raw.Raw() != server {
+		t.Fatalf("replay does not expose the peeked connection through Raw")
 	}
 	if err := replay.SetDeadline(time.Now()); err != nil {
 		t.Errorf("SetDeadline: %v", err)
@@ -618,19 +607,10 @@ func TestPeekReplayConn(t *testing.T) {
 	if _, err := server.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("after replay.Close, write to the conn: %v; want net.ErrClosed", err)
 	}
-
-	// Without CloseWrite underneath, CloseWrite closes.
-	pc, ps := peekPipePair(t)
-	go pc.Write([]byte{0})
-	_, _, replay, _ = PeekHostname(ps, 5*time.Second, 0)
-	replay.(interface{ CloseWrite() error }).CloseWrite()
-	if _, err := pc.Read(make([]byte, 1)); err != io.EOF {
-		t.Errorf("pipe: read after CloseWrite: %v; want EOF", err)
-	}
 }
 
 func TestPeekProtoString(t *testing.T) {
-	for p, want := range map[PeekProto]string{PeekTLS: "tls", PeekHTTP: "http", PeekOther: "other", 9: "PeekProto(9)"} {
+	for p, want := range map[Proto]string{TLS: "tls", HTTP: "http", Other: "other", 9: "Proto(9)"} {
 		if p.String() != want {
 			t.Errorf("%d: %q, want %q", int(p), p.String(), want)
 		}
@@ -678,10 +658,10 @@ func FuzzPeekHostname(f *testing.F) {
 		if host != lowerASCII(host) || strings.HasSuffix(host, ".") {
 			t.Fatalf("host %q not normalized", host)
 		}
-		if proto == PeekOther && host != "" {
+		if proto == Other && host != "" {
 			t.Fatalf("host %q for other", host)
 		}
-		if len(in) > 0 && (in[0] == 0x16) != (proto == PeekTLS) {
+		if len(in) > 0 && (in[0] == 0x16) != (proto == TLS) {
 			t.Fatalf("first byte %#x gave %v", in[0], proto)
 		}
 	})

@@ -1,6 +1,7 @@
 package forward
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -11,20 +12,49 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 )
 
-// The link protocol between server and client. The server opens a TCP
-// connection through the tunnel and writes a PROXY v2 header carrying the
-// public connection's addresses, plus two custom TLVs (types 0xE0-0xEF are
-// reserved for applications): the service the client should connect to, and
-// which PROXY version, if any, the client's backend wants. The client answers
-// with one status byte, then the stream is raw bytes both ways. The server
-// does not wait for the status before sending: it only gates the reply path.
+// The link protocol between server and client, spoken only inside the
+// tunnel.
+//
+// Each public connection: the server opens a TCP connection to the client's
+// ConnectorPort and writes a PROXY v2 header carrying the public
+// connection's addresses, plus two custom TLVs (types 0xE0-0xEF are reserved
+// for applications): the service the client should connect to, and which
+// PROXY version, if any, the client's backend wants. The client answers with
+// one status byte, then the stream is raw bytes both ways. The server does
+// not wait for the status before sending: it only gates the reply path.
+//
+// Liveness: each client sends a heartbeat Ping to the server's
+// HeartbeatPort every second; the server echoes it unchanged.
+//
+// SOCKS5 egress: the client relays its local SOCKS5 port to the server's
+// SocksPort.
 const (
+	ConnectorPort = 4000 // on each client: tunneled public connections
+	HeartbeatPort = 4001 // on the server: UDP echo the clients ping
+	SocksPort     = 1080 // on the server: SOCKS5 egress
+
 	tlvService      proxyproto.PP2Type = 0xE0
 	tlvBackendProxy proxyproto.PP2Type = 0xE1
 
 	// MaxServiceNameLen bounds a service name, so a header stays small.
 	MaxServiceNameLen = 255
 )
+
+// A heartbeat Ping is PingLen bytes: a magic, a sequence number, padding.
+const PingLen = 16
+
+var pingMagic = [4]byte{'t', 'h', 'b', '1'}
+
+// Ping returns heartbeat number seq.
+func Ping(seq uint64) []byte {
+	b := make([]byte, PingLen)
+	copy(b, pingMagic[:])
+	binary.BigEndian.PutUint64(b[4:], seq)
+	return b
+}
+
+// IsPing reports whether b is a heartbeat.
+func IsPing(b []byte) bool { return len(b) == PingLen && [4]byte(b[:4]) == pingMagic }
 
 // Request is what the server tells the client about one connection.
 type Request struct {
@@ -211,3 +241,7 @@ func (c *statusConn) Read(b []byte) (int, error) {
 }
 
 func (c *statusConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// NetConn is the wrapped connection, for Join's readiness waits (reads
+// still go through the wrapper).
+func (c *statusConn) NetConn() net.Conn { return c.Conn }

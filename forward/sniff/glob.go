@@ -1,6 +1,9 @@
-package forward
+package sniff
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // MatchGlob reports whether host matches a ListenHostnameGlob:
 //   - "*" (or "", its default) matches any host, including "" (a connection
@@ -15,11 +18,11 @@ func MatchGlob(glob, host string) bool {
 	return globRank(glob, host) > 0
 }
 
-// PickRoute returns the index of the glob in globs that matches host most
+// Pick returns the index of the glob in globs that matches host most
 // specifically: an exact name beats "*.suffix" patterns, among which the
 // longer suffix wins, and those beat "*". On a tie the first wins. If no
 // glob matches, index is -1 and ok false. Only "*" matches host "".
-func PickRoute(globs []string, host string) (index int, ok bool) {
+func Pick(globs []string, host string) (index int, ok bool) {
 	best, bestRank := -1, 0
 	for i, g := range globs {
 		if r := globRank(g, host); r > bestRank {
@@ -55,4 +58,26 @@ func globRank(glob, host string) int {
 		return exact + len(glob)
 	}
 	return 0
+}
+
+// CheckGlob accepts "*", "*.example.com" and exact lowercase host names.
+func CheckGlob(g string) error {
+	if g == "*" {
+		return nil
+	}
+	name := strings.TrimPrefix(g, "*.")
+	if name == "" || len(name) > 253 {
+		return fmt.Errorf("%q is not a host name glob", g)
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" || len(label) > 63 {
+			return fmt.Errorf("%q is not a host name glob (empty or long label)", g)
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return fmt.Errorf("%q is not a host name glob (only *, or * as the first label, and letters, digits, - and _)", g)
+			}
+		}
+	}
+	return nil
 }

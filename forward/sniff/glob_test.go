@@ -1,6 +1,9 @@
-package forward
+package sniff
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestMatchGlob(t *testing.T) {
 	tests := []struct {
@@ -61,21 +64,21 @@ func TestPickRoute(t *testing.T) {
 		{"unknown.net", 0, true},
 	}
 	for _, tt := range tests {
-		got, ok := PickRoute(globs, tt.host)
+		got, ok := Pick(globs, tt.host)
 		if got != tt.want || ok != tt.wantOK {
-			t.Errorf("PickRoute(%q) = %d, %v; want %d, %v", tt.host, got, ok, tt.want, tt.wantOK)
+			t.Errorf("Pick(%q) = %d, %v; want %d, %v", tt.host, got, ok, tt.want, tt.wantOK)
 		}
 	}
 
 	// Order must not matter, except between equal globs.
 	rev := []string{"other.org", "*.b.example.com", "www.example.com", "*.example.com", "*"}
 	for _, tt := range tests {
-		got, ok := PickRoute(rev, tt.host)
+		got, ok := Pick(rev, tt.host)
 		if !ok || rev[got] != globs[tt.want] {
-			t.Errorf("PickRoute(reversed, %q) = %d, %v; want glob %q", tt.host, got, ok, globs[tt.want])
+			t.Errorf("Pick(reversed, %q) = %d, %v; want glob %q", tt.host, got, ok, globs[tt.want])
 		}
 	}
-	if got, ok := PickRoute([]string{"a.com", "*", "A.com"}, "a.com"); !ok || got != 0 {
+	if got, ok := Pick([]string{"a.com", "*", "A.com"}, "a.com"); !ok || got != 0 {
 		t.Errorf("tie: got %d, %v; want the first, 0", got, ok)
 	}
 }
@@ -83,11 +86,24 @@ func TestPickRoute(t *testing.T) {
 func TestPickRouteNoMatch(t *testing.T) {
 	globs := []string{"*.example.com", "www.other.org"}
 	for _, host := range []string{"", "example.com", "other.org", "x.www.other.org"} {
-		if i, ok := PickRoute(globs, host); ok {
-			t.Errorf("PickRoute(%q) = %d, true; want no match", host, i)
+		if i, ok := Pick(globs, host); ok {
+			t.Errorf("Pick(%q) = %d, true; want no match", host, i)
 		}
 	}
-	if i, ok := PickRoute(nil, "a.com"); ok || i != -1 {
-		t.Errorf("PickRoute(nil) = %d, %v; want -1, false", i, ok)
+	if i, ok := Pick(nil, "a.com"); ok || i != -1 {
+		t.Errorf("Pick(nil) = %d, %v; want -1, false", i, ok)
+	}
+}
+
+func TestCheckGlob(t *testing.T) {
+	for _, ok := range []string{"*", "*.example.com", "example.com", "a", "x-1_y.example", strings.Repeat("a", 63) + ".com"} {
+		if err := CheckGlob(ok); err != nil {
+			t.Errorf("CheckGlob(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "*.", "**", "*.*", "a.*", "*a.com", ".com", "a..b", "A.com", "a.com:80", "*.com.", strings.Repeat("a", 64)} {
+		if err := CheckGlob(bad); err == nil {
+			t.Errorf("CheckGlob(%q) accepted it", bad)
+		}
 	}
 }

@@ -1,12 +1,12 @@
-package main
+package server
 
 import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/thresholdtunnel/threshold/control"
 	"github.com/thresholdtunnel/threshold/forward"
-	"github.com/thresholdtunnel/threshold/mgmt"
 )
 
 // metrics are the server's Prometheus metrics. Byte counters are payload
@@ -20,7 +20,7 @@ type metrics struct {
 	rejected     *prometheus.CounterVec
 }
 
-func newMetrics(clients func() map[string]mgmt.ClientStatus) *metrics {
+func newMetrics(clients func() map[string]control.ClientStatus) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		ingressBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -44,7 +44,7 @@ func newMetrics(clients func() map[string]mgmt.ClientStatus) *metrics {
 			Help: "Public connections refused, by reason.",
 		}, []string{"reason"}),
 	}
-	for _, r := range []string{forward.RejectNoHostname, forward.RejectNoRoute, forward.RejectNoClient, forward.RejectUnknownService, forward.RejectBackendUnreachable} {
+	for _, r := range forward.RejectReasons {
 		m.rejected.WithLabelValues(r) // so every reason shows, at 0
 	}
 	m.reg.MustRegister(m.ingressBytes, m.egressBytes, m.active, m.total, m.rejected,
@@ -81,7 +81,7 @@ func (m *metrics) egressMeter(client string) (sent, received prometheus.Counter)
 
 // clientCollector reports each client's state when scraped.
 type clientCollector struct {
-	clients func() map[string]mgmt.ClientStatus
+	clients func() map[string]control.ClientStatus
 }
 
 var (
@@ -102,7 +102,7 @@ func (c clientCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c clientCollector) Collect(ch chan<- prometheus.Metric) {
 	for id, st := range c.clients() {
 		up := 0.0
-		if st.CurrentState == mgmt.ClientConnected {
+		if st.CurrentState == control.ClientConnected {
 			up = 1
 		}
 		ch <- prometheus.MustNewConstMetric(clientConnectedDesc, prometheus.GaugeValue, up, id)

@@ -1,0 +1,96 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+)
+
+// The target side of the Gateway: a public connection, once matched to a
+// tunnel (gateway.go), goes one way from here: failover dial to the
+// tunnel's clients, link request, status, join. What the gateway knows of
+// the clients is the newest Directory the control plane published; it
+// never calls back into the control plane.
+
+// failoverDialTimeout bounds a dial to a client when another client could
+// take the connection instead: a live client answers well within it.
+const failoverDialTimeout = 2 * time.Second
+
+// forward hands a routed public connection to the tunnel's client.
+func (g *Gateway) forward(s *session, public net.Conn, t Tunnel) {
+	log := g.log.With("tunnel", t.RouteKey(), "from", addrString(public.RemoteAddr()))
+	up, peer, err := g.dial(t)
+	if err != nil {
+		log.Info("connection refused: no client reachable", "clients", t.Clients(), "err", err)
+		g.cfg.Rejected(RejectNoClient)
+		s.close()
+		return
+	}
+	s.setClient(peer.ID)
+	if !s.add(up) {
+		return
+	}
+	// A client removed or rotated while it was being dialled: its sessions
+	// were closed before this one was tagged with it.
+	if now, ok := g.cfg.Directory().Peer(peer.ID); !ok || now.Addr != peer.Addr || !now.Connected {
+		s.close()
+		return
+	}
+	log = log.With("client", peer.ID)
+	req := Request{
+		Service:              t.BackEndService,
+		Source:               addrPortOf(public.RemoteAddr()),
+		Destination:          addrPortOf(public.LocalAddr()),
+		BackendProxyProtocol: t.backendProxyVersion(),
+	}
+	_ = up.SetWriteDeadline(time.Now().Add(g.cfg.DialTimeout))
+	if err := WriteRequest(up, req); err != nil {
+		log.Info("connection refused: sending request to client", "err", err)
+		g.cfg.Rejected(RejectNoClient)
+		s.close()
+		return
+	}
+	_ = up.SetWriteDeadline(time.Time{})
+	var m Meter
+	if g.cfg.Observe != nil {
+		obs := g.cfg.Observe(t, peer.ID)
+		defer obs.Done()
+		m = Meter{AToB: obs.In, BToA: obs.Out}
+	}
+	res := JoinMetered(public, &statusConn{Conn: up}, g.cfg.Timeouts, m)
+	switch {
+	case errors.Is(res.Err, ErrUnknownService):
+		g.cfg.Rejected(RejectUnknownService)
+	case errors.Is(res.Err, ErrBackendUnreachable):
+		g.cfg.Rejected(RejectBackendUnreachable)
+	}
+	log.Debug("connection done", "bytes_in", res.AToB, "bytes_out", res.BToA, "err", res.Err)
+}
+
+// dial reaches the first connected client of t that answers.
+func (g *Gateway) dial(t Tunnel) (net.Conn, Peer, error) {
+	candidates := g.cfg.Directory().Connected(t.Clients())
+	if len(candidates) == 0 {
+		return nil, Peer{}, fmt.Errorf("none of %v is connected", t.Clients())
+	}
+	var errs []error
+	for i, p := range candidates {
+		timeout := g.cfg.DialTimeout
+		if i < len(candidates)-1 {
+			timeout = min(timeout, failoverDialTimeout)
+		}
+		ctx, cancel := context.WithTimeout(g.life.ctx, timeout)
+		up, err := g.cfg.Dial(ctx, p.Connector)
+		cancel()
+		if err == nil {
+			return up, p, nil
+		}
+		errs = append(errs, fmt.Errorf("client %q: %w", p.ID, err))
+		if g.life.ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, Peer{}, errors.Join(errs...)
+}

@@ -1,0 +1,156 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+func TestNotifyReadable(t *testing.T) {
+	a, b, _ := pair(t)
+	ln, err := b.ListenTCP(netip.MustParseAddrPort("[::]:90"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := a.DialTCP(ctx, netip.MustParseAddrPort("[fd00::2]:90"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var srv *TCPConn
+	select {
+	case s, ok := <-accepted:
+		if !ok {
+			t.Fatal("accept failed")
+		}
+		srv = s.(*TCPConn)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no connection accepted")
+	}
+	defer srv.Close()
+	fired := make(chan struct{}, 4)
+	notify := func() { fired <- struct{}{} }
+	expect := func(what string, want bool) {
+		t.Helper()
+		select {
+		case <-fired:
+			if !want {
+				t.Fatalf("%s: notified", what)
+			}
+		case <-time.After(200 * time.Millisecond):
+			if want {
+				t.Fatalf("%s: not notified", what)
+			}
+		}
+	}
+	stop := srv.NotifyReadable(notify)
+	expect("nothing sent", false)
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	expect("data sent", true)
+	stop()
+	stop() // idempotent
+	// Data already waiting: at once, and only once.
+	stop = srv.NotifyReadable(notify)
+	expect("data waiting", true)
+	expect("second event", false)
+	stop()
+	buf := make([]byte, 1)
+	if n, err := srv.Read(buf); n != 1 || err != nil {
+		t.Fatalf("read %d %v", n, err)
+	}
+	// A stopped notification stays quiet.
+	stop = srv.NotifyReadable(notify)
+	stop()
+	c.Write([]byte("y"))
+	expect("after stop", false)
+	srv.Read(buf)
+	// The peer's end of stream counts as readable.
+	stop = srv.NotifyReadable(notify)
+	defer stop()
+	c.CloseWrite()
+	expect("end of stream", true)
+	// Closing the listener ends Accept with net.ErrClosed.
+	ln.Close()
+	ln.Close()
+	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept after Close: %v", err)
+	}
+}
+
+// A full link queue makes senders wait instead of dropping, and Close
+// releases them.
+func TestLinkBackPressure(t *testing.T) {
+	l := newLink(2, 1420, true)
+	mk := func() *stack.PacketBuffer {
+		return stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(make([]byte, 100))})
+	}
+	var list stack.PacketBufferList
+	for range 3 {
+		list.PushBack(mk())
+	}
+	done := make(chan int, 1)
+	go func() {
+		n, _ := l.WritePackets(list)
+		done <- n
+	}()
+	select {
+	case n := <-done:
+		t.Fatalf("WritePackets returned %d with the queue full", n)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if p := l.pop(); p == nil {
+		t.Fatal("nothing queued")
+	} else {
+		p.DecRef()
+	}
+	select {
+	case n := <-done:
+		if n != 3 {
+			t.Fatalf("wrote %d of 3", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("sender not released by room in the queue")
+	}
+	list.DecRef()
+	// The queue is full again (2); a further write waits until Close.
+	var more stack.PacketBufferList
+	more.PushBack(mk())
+	go func() {
+		n, _ := l.WritePackets(more)
+		done <- n
+	}()
+	time.Sleep(50 * time.Millisecond)
+	l.Close()
+	select {
+	case n := <-done:
+		if n != 0 {
+			t.Fatalf("wrote %d after Close", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("sender not released by Close")
+	}
+	more.DecRef()
+	if l.pop() != nil {
+		t.Fatal("Close kept packets")
+	}
+	l.Close()
+}

@@ -1,0 +1,38 @@
+package server
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/thresholdtunnel/threshold/control"
+	"github.com/thresholdtunnel/threshold/wg"
+)
+
+// checked is what check finds in c, as New would report it.
+func checked(c *Config) error {
+	p := control.NewProblems(control.ErrInvalid, "server config")
+	c.check(p)
+	c.egressPolicy(p)
+	return p.Err()
+}
+
+func TestServerConfigDefaultsAndProblems(t *testing.T) {
+	var c Config
+	c.FillDefaults()
+	if err := checked(&c); err != nil {
+		t.Fatalf("defaults invalid: %v", err)
+	}
+	if c.ManagementAddress != "127.0.0.1" || c.TunnelControlPort != 9056 || c.ManagementPort != 9057 {
+		t.Errorf("defaults: %+v", c)
+	}
+	k, _ := wg.GenerateKey()
+	pub := k.PublicKey().String()
+	bad := Config{TunnelControlPort: 0, ManagementPort: 99999, ManagementAddress: "example.com",
+		Clients: []control.Registration{{ClientId: "a", PublicKey: pub}, {ClientId: "a", PublicKey: pub}, {ClientId: "has space", PublicKey: "x"}}}
+	err := checked(&bad)
+	for _, want := range []string{"TunnelControlPort", "ManagementPort", "ManagementAddress", "Clients[1].ClientId", "Clients[1].PublicKey", "Clients[2].ClientId", "Clients[2].PublicKey"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s: %v", want, err)
+		}
+	}
+}
