@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,6 +20,10 @@ const (
 	modeFramed = 'F'
 	modeSource = 'D' // send until the peer goes away (or maxSourceBytes)
 	modeEcho   = 'E' // echo everything, the mode byte included
+	// modeCount reads to EOF like modeSink, adding what it reads (after
+	// the mode byte and an 8-byte big-endian id) to the counter that
+	// counter(id) made, so that the bench reads progress while it runs.
+	modeCount = 'C'
 )
 
 const (
@@ -30,10 +35,30 @@ const (
 
 // backend is the in-process loopback TCP server every path ends at.
 type backend struct {
-	ln    net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
+	ln       net.Listener
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+	counters map[uint64]*atomic.Int64 // of modeCount connections, by id
+}
+
+// counter makes the counter that a modeCount connection naming id adds to.
+func (b *backend) counter(id uint64) *atomic.Int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.counters == nil {
+		b.counters = map[uint64]*atomic.Int64{}
+	}
+	c := &atomic.Int64{}
+	b.counters[id] = c
+	return c
+}
+
+// forget drops a counter.
+func (b *backend) forget(id uint64) {
+	b.mu.Lock()
+	delete(b.counters, id)
+	b.mu.Unlock()
 }
 
 func startBackend() (*backend, error) {
@@ -41,10 +66,15 @@ func startBackend() (*backend, error) {
 	if err != nil {
 		return nil, err
 	}
+	return newBackend(ln), nil
+}
+
+// newBackend serves on ln until close.
+func newBackend(ln net.Listener) *backend {
 	b := &backend{ln: ln, conns: make(map[net.Conn]struct{})}
 	b.wg.Add(1)
 	go b.serve()
-	return b, nil
+	return b
 }
 
 func (b *backend) addr() string { return b.ln.Addr().String() }
@@ -120,6 +150,25 @@ func (b *backend) handle(c net.Conn) {
 				if err != nil {
 					return
 				}
+			}
+		}
+	case modeCount:
+		var id [8]byte
+		if _, err := io.ReadFull(c, id[:]); err != nil {
+			return
+		}
+		b.mu.Lock()
+		ctr := b.counters[binary.BigEndian.Uint64(id[:])]
+		b.mu.Unlock()
+		if ctr == nil {
+			return // not asked for: refuse rather than count nowhere
+		}
+		buf := make([]byte, backendBufSize)
+		for {
+			m, err := c.Read(buf)
+			ctr.Add(int64(m))
+			if err != nil {
+				return
 			}
 		}
 	case modeSource:

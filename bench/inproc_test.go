@@ -110,7 +110,7 @@ func newInproc(tb testing.TB) *inproc {
 	_, err = srv.Control().SetTunnels([]forward.Tunnel{{ListenAddress: "127.0.0.1", ListenPort: publicPort, BackEndService: "bench", ClientId: "bench"}})
 	must(err)
 	p.public = net.JoinHostPort("127.0.0.1", strconv.Itoa(publicPort))
-	must(ready(p.public, 20*time.Second))
+	must(ready(dial, p.public, 20*time.Second))
 	return p
 }
 
@@ -239,7 +239,7 @@ func BenchmarkInProcShortConn(b *testing.B) {
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if err := shortConn(p.public); err != nil {
+			if err := shortConn(dial, p.public); err != nil {
 				b.Error(err)
 				return
 			}

@@ -21,6 +21,11 @@ const (
 	clientBufSize = 128 << 10
 )
 
+// dialFunc opens a TCP connection to addr: dial on loopback, a namespace's
+// dial (netHost.dial) in the WAN benchmark.
+type dialFunc func(addr string) (*net.TCPConn, error)
+
+// dial is the dialFunc of the bench's own network namespace.
 func dial(addr string) (*net.TCPConn, error) {
 	c, err := net.DialTimeout("tcp", addr, dialTimeout)
 	if err != nil {
@@ -32,6 +37,7 @@ func dial(addr string) (*net.TCPConn, error) {
 // transfer is the outcome of one bulk stream.
 type transfer struct {
 	bytes   int64
+	start   time.Time
 	elapsed time.Duration
 }
 
@@ -39,12 +45,17 @@ type transfer struct {
 // frame, and waits for the backend's count: the figure is bytes that
 // reached the backend over the time until it said so. Framing instead of
 // a half-close, which not every tunnel carries (frp does not).
-func upload(addr string, dur time.Duration, maxBytes int64) (transfer, error) {
+func upload(dial dialFunc, addr string, dur time.Duration, maxBytes int64) (transfer, error) {
 	c, err := dial(addr)
 	if err != nil {
 		return transfer{}, err
 	}
 	defer c.Close()
+	return uploadOn(c, dur, maxBytes)
+}
+
+// uploadOn is upload on a connection already open.
+func uploadOn(c *net.TCPConn, dur time.Duration, maxBytes int64) (transfer, error) {
 	buf := make([]byte, clientBufSize)
 	binary.BigEndian.PutUint32(buf, uint32(len(buf)-4)) // each write is one frame
 	start := time.Now()
@@ -70,16 +81,49 @@ func upload(addr string, dur time.Duration, maxBytes int64) (transfer, error) {
 	if _, err := io.ReadFull(c, count[:]); err != nil {
 		return transfer{}, fmt.Errorf("upload: waiting for the backend's count: %w", err)
 	}
-	return transfer{bytes: int64(binary.BigEndian.Uint64(count[:])), elapsed: time.Since(start)}, nil
+	return transfer{bytes: int64(binary.BigEndian.Uint64(count[:])), start: start, elapsed: time.Since(start)}, nil
+}
+
+// uploadCounted sends to a counting sink (modeCount, id) for dur; the
+// figure is what the backend has received by then, read through count.
+// Unlike upload it does not wait for the data still on its way, which over
+// a slow path could take longer than the test: what arrives later is not
+// counted, as in download.
+func uploadCounted(c *net.TCPConn, id uint64, count func() int64, dur time.Duration) (transfer, error) {
+	var hdr [9]byte
+	hdr[0] = modeCount
+	binary.BigEndian.PutUint64(hdr[1:], id)
+	_ = c.SetWriteDeadline(time.Now().Add(ioTimeout))
+	if _, err := c.Write(hdr[:]); err != nil {
+		return transfer{}, err
+	}
+	buf := make([]byte, clientBufSize)
+	start := time.Now()
+	end := start.Add(dur)
+	_ = c.SetWriteDeadline(end)
+	for time.Now().Before(end) {
+		if _, err := c.Write(buf); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				break
+			}
+			return transfer{}, fmt.Errorf("upload: %w", err)
+		}
+	}
+	return transfer{bytes: count(), start: start, elapsed: time.Since(start)}, nil
 }
 
 // download reads from the source for dur (or maxBytes), then hangs up.
-func download(addr string, dur time.Duration, maxBytes int64) (transfer, error) {
+func download(dial dialFunc, addr string, dur time.Duration, maxBytes int64) (transfer, error) {
 	c, err := dial(addr)
 	if err != nil {
 		return transfer{}, err
 	}
 	defer c.Close()
+	return downloadOn(c, dur, maxBytes)
+}
+
+// downloadOn is download on a connection already open.
+func downloadOn(c *net.TCPConn, dur time.Duration, maxBytes int64) (transfer, error) {
 	_ = c.SetWriteDeadline(time.Now().Add(ioTimeout))
 	if _, err := c.Write([]byte{modeSource}); err != nil {
 		return transfer{}, err
@@ -107,36 +151,80 @@ func download(addr string, dur time.Duration, maxBytes int64) (transfer, error) 
 			return transfer{}, fmt.Errorf("download: %w", err)
 		}
 	}
-	return transfer{bytes: got, elapsed: time.Since(start)}, nil
+	return transfer{bytes: got, start: start, elapsed: time.Since(start)}, nil
 }
 
-// streams runs n bulk streams at once; the figure is their bytes over the
-// longest one's time.
-func streams(n int, f func() (transfer, error)) (transfer, error) {
+// parallel runs f(0)...f(n-1) at once and returns each one's outcome.
+func parallel(n int, f func(i int) (transfer, error)) ([]transfer, error) {
 	var wg sync.WaitGroup
 	res := make([]transfer, n)
 	errs := make([]error, n)
 	for i := range n {
 		wg.Add(1)
-		go func() { defer wg.Done(); res[i], errs[i] = f() }()
+		go func() { defer wg.Done(); res[i], errs[i] = f(i) }()
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// streams runs n bulk streams at once; the figure is their aggregate.
+func streams(n int, f func() (transfer, error)) (transfer, error) {
+	res, err := parallel(n, func(int) (transfer, error) { return f() })
+	if err != nil {
 		return transfer{}, err
 	}
+	return aggregate(res), nil
+}
+
+// aggregate is the transfers' bytes over the time from the first one's
+// start to the last one's end: streams that did not quite overlap are
+// never counted as if they had run side by side.
+func aggregate(ts []transfer) transfer {
 	var out transfer
-	for _, r := range res {
-		out.bytes += r.bytes
-		out.elapsed = max(out.elapsed, r.elapsed)
+	var end time.Time
+	for _, t := range ts {
+		out.bytes += t.bytes
+		if out.start.IsZero() || t.start.Before(out.start) {
+			out.start = t.start
+		}
+		if e := t.start.Add(t.elapsed); e.After(end) {
+			end = e
+		}
 	}
-	return out, nil
+	out.elapsed = end.Sub(out.start)
+	return out
+}
+
+// together opens n connections, then runs f on all of them at once, so
+// that a slow handshake (over a lossy link a lost SYN is sent again only
+// after a second) cannot stagger the transfers. It resets the connections
+// at the end, so that nothing they still hold goes on crossing the path.
+func together(n int, dial func() (*net.TCPConn, error), f func(i int, c *net.TCPConn) (transfer, error)) ([]transfer, error) {
+	conns := make([]*net.TCPConn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			_ = c.SetLinger(0)
+			c.Close()
+		}
+	}()
+	for range n {
+		c, err := dial()
+		if err != nil {
+			return nil, err
+		}
+		conns = append(conns, c)
+	}
+	return parallel(n, func(i int) (transfer, error) { return f(i, conns[i]) })
 }
 
 func mbps(t transfer) float64 { return float64(t.bytes) / 1e6 / t.elapsed.Seconds() }
 
 // shortConn opens a connection, sends 16 bytes to the echo, reads the 16
 // back and closes.
-func shortConn(addr string) error {
+func shortConn(dial dialFunc, addr string) error {
 	c, err := dial(addr)
 	if err != nil {
 		return err
@@ -165,7 +253,7 @@ type rateResult struct {
 
 // connRate runs workers doing shortConn until dur has passed or maxCount
 // have been started.
-func connRate(addr string, workers int, dur time.Duration, maxCount int64) rateResult {
+func connRate(dial dialFunc, addr string, workers int, dur time.Duration, maxCount int64) rateResult {
 	var started, ok, bad atomic.Int64
 	var errMu sync.Mutex
 	var firstErr error
@@ -177,7 +265,7 @@ func connRate(addr string, workers int, dur time.Duration, maxCount int64) rateR
 		go func() {
 			defer wg.Done()
 			for time.Now().Before(end) && started.Add(1) <= maxCount {
-				if err := shortConn(addr); err != nil {
+				if err := shortConn(dial, addr); err != nil {
 					bad.Add(1)
 					errMu.Lock()
 					if firstErr == nil {
@@ -202,8 +290,8 @@ type latencyResult struct {
 }
 
 // pingPong measures count round trips of a 64-byte message on one
-// connection, after a few unrecorded ones, within maxDur.
-func pingPong(addr string, count int, maxDur time.Duration) (latencyResult, error) {
+// connection, after warmup unrecorded ones, within maxDur.
+func pingPong(dial dialFunc, addr string, warmup, count int, maxDur time.Duration) (latencyResult, error) {
 	c, err := dial(addr)
 	if err != nil {
 		return latencyResult{}, err
@@ -215,7 +303,6 @@ func pingPong(addr string, count int, maxDur time.Duration) (latencyResult, erro
 	}
 	msg[0] = modeEcho
 	resp := make([]byte, 64)
-	const warmup = 50
 	samples := make([]time.Duration, 0, count)
 	end := time.Now().Add(maxDur)
 	for i := 0; i < warmup+count && time.Now().Before(end); i++ {

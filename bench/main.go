@@ -18,6 +18,9 @@
 //	go run ./bench -out report.md
 //
 // Every load is bounded in count and time, and all traffic stays on 127.0.0.1.
+//
+// With -wan (root only) it measures instead across an emulated home-to-VPS
+// link between network namespaces it makes and removes: see wan.go.
 package main
 
 import (
@@ -58,6 +61,7 @@ type options struct {
 	keep         bool
 	peers        []peerSpec
 	commandLine  string
+	wan          *wanOptions // -wan: the emulated WAN benchmark (wan.go)
 }
 
 // peerFlags collects repeated -peer flags.
@@ -87,6 +91,9 @@ func main() {
 	if len(os.Args) == 3 && os.Args[1] == holderArg {
 		os.Exit(runIdleHolder(os.Args[2]))
 	}
+	if len(os.Args) >= 2 && os.Args[1] == linkArg {
+		os.Exit(runLink(os.Args[2:]))
+	}
 	os.Exit(run())
 }
 
@@ -98,6 +105,9 @@ func run() int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 2
+	}
+	if o.wan != nil {
+		return runWAN(o)
 	}
 	b := &bench{opts: o, res: newResults()}
 	// Children die with us (Pdeathsig); on ^C stop them cleanly first.
@@ -143,12 +153,13 @@ func parseOptions(args []string) (*options, error) {
 	})
 	var peers peerFlags
 	fs.Var(&peers, "peer", "also measure a peer tunnel, `NAME=SERVER_BINARY,CLIENT_BINARY` (NAME: frp); repeatable")
-	paths := fs.String("paths", "", "paths to measure (default: "+strings.Join(allPaths, ",")+" and every -peer)")
-	tests := fs.String("tests", strings.Join(allTests, ","), "tests to run: "+strings.Join(allTests, ","))
+	paths := fs.String("paths", "", "paths to measure (default: "+strings.Join(allPaths, ",")+" and every -peer; with -wan: "+strings.Join(allWANPaths, ",")+")")
+	tests := fs.String("tests", strings.Join(allTests, ","), "tests to run: "+strings.Join(allTests, ",")+" (with -wan: "+strings.Join(allWANTests, ",")+")")
 	fs.StringVar(&o.bin, "bin", "", "use this threshold binary instead of building ./cmd/threshold")
 	fs.StringVar(&o.beforeBin, "before", "", "also measure this threshold `BINARY` (say, built from an earlier commit) as the path \"before\", side by side")
 	fs.StringVar(&o.perfDir, "perf", "", "record `perf` profiles of the tunnel processes during the first run's tests into this directory (perturbs the figures)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (binaries, configs, logs)")
+	wan := addWANFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -157,6 +168,12 @@ func parseOptions(args []string) (*options, error) {
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if wan.on {
+		return o, parseWAN(o, wan, set, *paths, *tests)
+	}
+	if err := wan.unused(set); err != nil {
+		return nil, err
+	}
 	if o.quick {
 		if !set["runs"] {
 			o.runs = 1
@@ -546,15 +563,15 @@ func (b *bench) loadTest(test string, in *instance) (string, error) {
 	var err error
 	switch test {
 	case "up":
-		tr, err = upload(in.addr, o.bulk, o.maxBytes)
+		tr, err = upload(dial, in.addr, o.bulk, o.maxBytes)
 	case "down":
-		tr, err = download(in.addr, o.bulk, o.maxBytes)
+		tr, err = download(dial, in.addr, o.bulk, o.maxBytes)
 	case "up8":
-		tr, err = streams(o.streams, func() (transfer, error) { return upload(in.addr, o.bulk, o.maxBytes) })
+		tr, err = streams(o.streams, func() (transfer, error) { return upload(dial, in.addr, o.bulk, o.maxBytes) })
 	case "down8":
-		tr, err = streams(o.streams, func() (transfer, error) { return download(in.addr, o.bulk, o.maxBytes) })
+		tr, err = streams(o.streams, func() (transfer, error) { return download(dial, in.addr, o.bulk, o.maxBytes) })
 	case "rate":
-		r := connRate(in.addr, o.workers, o.rateDur, o.maxConns)
+		r := connRate(dial, in.addr, o.workers, o.rateDur, o.maxConns)
 		if r.errs > 0 {
 			b.res.note("%s, short connections: %d failed of %d (first: %v)", p, r.errs, r.errs+r.ok, r.firstErr)
 		}
@@ -564,7 +581,7 @@ func (b *bench) loadTest(test string, in *instance) (string, error) {
 		b.res.add(mRate, p, r.perSec)
 		return fmt.Sprintf("%.0f conn/s (%d ok, %d failed)", r.perSec, r.ok, r.errs), nil
 	case "latency":
-		l, err := pingPong(in.addr, o.pings, 30*time.Second)
+		l, err := pingPong(dial, in.addr, 50, o.pings, 30*time.Second)
 		if err != nil {
 			return "", err
 		}

@@ -171,14 +171,14 @@ func waitFor(timeout time.Duration, what string, ok func() error) error {
 	}
 }
 
-func httpDo(method, url string, body []byte) ([]byte, error) {
+func httpDo(client *http.Client, method, url string, body []byte) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -194,17 +194,24 @@ func httpDo(method, url string, body []byte) ([]byte, error) {
 }
 
 // ready waits until an echo works end to end through addr.
-func ready(addr string, timeout time.Duration) error {
-	return waitFor(timeout, "an echo through "+addr, func() error { return shortConn(addr) })
+func ready(dial dialFunc, addr string, timeout time.Duration) error {
+	return waitFor(timeout, "an echo through "+addr, func() error { return shortConn(dial, addr) })
 }
 
 // --- threshold ---
 
+// thresholdPath starts `threshold server` in the server host and `threshold
+// client` in the home host, configured as a user would: config files, then
+// PUT /tunnels on the management API. The zero hosts put both on the
+// bench's own loopback; the server's public port and management API are on
+// 127.0.0.1 of the server host, where the load generator runs.
 type thresholdPath struct {
-	name     string   // the path's name: threshold, or before (-before)
-	env      []string // extra environment of the processes (-threshold-env)
-	bin, dir string
-	n        int // instances started, for file names
+	name         string   // the path's name: threshold, or before (-before)
+	env          []string // extra environment of the processes (-threshold-env)
+	bin, dir     string
+	n            int     // instances started, for file names
+	server, home netHost // where the two processes run
+	serverIP     string  // the server's address as the client dials it; "" is 127.0.0.1
 }
 
 func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
@@ -213,15 +220,19 @@ func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	tunnelPort, err := freePort("udp")
+	serverIP := t.serverIP
+	if serverIP == "" {
+		serverIP = "127.0.0.1"
+	}
+	tunnelPort, err := t.server.freePort("udp")
 	if err != nil {
 		return nil, err
 	}
-	mgmtPort, err := freePort("tcp")
+	mgmtPort, err := t.server.freePort("tcp")
 	if err != nil {
 		return nil, err
 	}
-	publicPort, err := freePort("tcp")
+	publicPort, err := t.server.freePort("tcp")
 	if err != nil {
 		return nil, err
 	}
@@ -244,11 +255,12 @@ func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 		"Clients":        []map[string]string{{"ClientId": "bench", "PublicKey": clientKey.PublicKey().String()}},
 	}
 	clientCfg := map[string]any{
-		"ClientId": "bench", "ServerHost": "127.0.0.1", "ServerTunnelControlPort": tunnelPort,
+		"ClientId": "bench", "ServerHost": serverIP, "ServerTunnelControlPort": tunnelPort,
 		"ServerPublicKey": serverKey.PublicKey().String(), "PrivateKeyFile": filepath.Join(dir, "client.key"),
 		"ServiceToLocalAddrMap": map[string]string{"bench": backendAddr},
 	}
 	in := &instance{path: t.name, addr: fmt.Sprintf("127.0.0.1:%d", publicPort)}
+	mgmt := t.server.httpClient()
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("%w\n%s", err, in.logs())
@@ -256,9 +268,9 @@ func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 		}
 	}()
 	for _, role := range []string{"server", "client"} {
-		cfg := serverCfg
+		cfg, host := serverCfg, t.server
 		if role == "client" {
-			cfg = clientCfg
+			cfg, host = clientCfg, t.home
 		}
 		data, err := json.MarshalIndent(cfg, "", "  ")
 		if err != nil {
@@ -268,7 +280,8 @@ func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 		if err := os.WriteFile(cfgPath, data, 0o600); err != nil {
 			return nil, err
 		}
-		p, err := startProcEnv(t.name+" "+role, filepath.Join(dir, role+".log"), t.env, nil, t.bin, role, "--config", cfgPath)
+		argv := host.command(t.bin, role, "--config", cfgPath)
+		p, err := startProcEnv(t.name+" "+role, filepath.Join(dir, role+".log"), t.env, nil, argv[0], argv[1:]...)
 		if err != nil {
 			return nil, err
 		}
@@ -278,7 +291,7 @@ func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 				if err := in.check(); err != nil {
 					return err
 				}
-				_, err := httpDo("GET", fmt.Sprintf("http://127.0.0.1:%d/healthz", mgmtPort), nil)
+				_, err := httpDo(mgmt, "GET", fmt.Sprintf("http://127.0.0.1:%d/healthz", mgmtPort), nil)
 				return err
 			}); err != nil {
 				return nil, err
@@ -290,7 +303,7 @@ func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 		if err := in.check(); err != nil {
 			return err
 		}
-		b, err := httpDo("GET", api+"/clients", nil)
+		b, err := httpDo(mgmt, "GET", api+"/clients", nil)
 		if err != nil {
 			return err
 		}
@@ -302,10 +315,10 @@ func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 		return nil, err
 	}
 	tunnels := fmt.Sprintf(`[{"HaProxyProxyProtocol":false,"ListenAddress":"127.0.0.1","ListenHostnameGlob":"*","ListenPort":%d,"BackEndService":"bench","ClientId":"bench"}]`, publicPort)
-	if _, err := httpDo("PUT", api+"/tunnels", []byte(tunnels)); err != nil {
+	if _, err := httpDo(mgmt, "PUT", api+"/tunnels", []byte(tunnels)); err != nil {
 		return nil, err
 	}
-	if err := ready(in.addr, 15*time.Second); err != nil {
+	if err := ready(t.server.dial, in.addr, 15*time.Second); err != nil {
 		return nil, err
 	}
 	return in, nil
@@ -381,7 +394,7 @@ func (s *stockPath) start(backendAddr string) (_ *instance, err error) {
 		if err := in.check(); err != nil {
 			return err
 		}
-		return shortConn(in.addr)
+		return shortConn(dial, in.addr)
 	}); err != nil {
 		return nil, err
 	}

@@ -117,7 +117,7 @@ func loopbackPeerEnv(dir, backend string) (peerEnv, error) {
 func (e peerEnv) waitReady(in *instance) error {
 	ok := e.ready
 	if ok == nil {
-		ok = func() error { return shortConn(e.public) }
+		ok = func() error { return shortConn(dial, e.public) }
 	}
 	timeout := e.readyTimeout
 	if timeout == 0 {
