@@ -85,7 +85,7 @@ func (f *peerFlags) Set(s string) error {
 var allPaths = []string{"threshold", "direct", "stock"}
 
 // Tests in the order they run; "idle" runs last, on fresh processes.
-var allTests = []string{"up", "down", "up8", "down8", "rate", "latency", "idle"}
+var allTests = []string{"up", "down", "up8", "down8", "rate", "latency", "udp", "idle"}
 
 func main() {
 	if len(os.Args) == 3 && os.Args[1] == holderArg {
@@ -270,6 +270,7 @@ type bench struct {
 	peerRuns  int            // peer instances started, for directory names
 	live      []*instance
 	started   time.Time
+	udp       udpBench // udp.go
 }
 
 func (b *bench) has(list []string, x string) bool {
@@ -337,6 +338,10 @@ func (b *bench) cleanup() {
 		in.stop()
 	}
 	b.live = nil
+	if b.udp.echo != nil {
+		b.udp.echo.close()
+		b.udp.echo = nil
+	}
 	if b.backend != nil {
 		b.backend.close()
 		b.backend = nil
@@ -580,6 +585,8 @@ func (b *bench) loadTest(test string, in *instance) (string, error) {
 		}
 		b.res.add(mRate, p, r.perSec)
 		return fmt.Sprintf("%.0f conn/s (%d ok, %d failed)", r.perSec, r.ok, r.errs), nil
+	case "udp":
+		return b.udpTest(in)
 	case "latency":
 		l, err := pingPong(dial, in.addr, 50, o.pings, 30*time.Second)
 		if err != nil {

@@ -102,6 +102,7 @@ func (p *proc) logTail() string {
 type instance struct {
 	path  string
 	addr  string
+	api   string // the threshold server's management API
 	procs []*proc
 }
 
@@ -299,6 +300,7 @@ func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 		}
 	}
 	api := fmt.Sprintf("http://127.0.0.1:%d", mgmtPort)
+	in.api = api
 	if err := waitFor(30*time.Second, "GET /clients to show ClientConnected", func() error {
 		if err := in.check(); err != nil {
 			return err

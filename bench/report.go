@@ -296,6 +296,7 @@ func (r *results) render(o *options) string {
 		}
 		w("\n")
 	}
+	w("%s", r.udpTable())
 	w("\n### Targets\n\n| target | measured | result |\n|---|---|---|\n")
 	pass, total := 0, 0
 	for _, t := range r.targets() {

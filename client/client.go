@@ -46,6 +46,8 @@ type Client struct {
 	dev       *wg.Device
 	conn      *forward.Connector
 	connLn    net.Listener
+	udp       *forward.UDPConnector
+	udpPC     net.PacketConn
 	relay     *forward.Relay
 	socksLn   net.Listener
 	hb        net.Conn
@@ -92,6 +94,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Client, err erro
 		return nil, err
 	}
 	c.onClose(c.conn.Close)
+	if c.udp, err = forward.NewUDPConnector(forward.UDPConnectorConfig{Services: cfg.ServiceToLocalAddrMap, Logger: log.With("component", "udp")}); err != nil {
+		return nil, err
+	}
+	c.onClose(c.udp.Close)
 	if cfg.Socks5ListenAddress != "" {
 		if err := c.startRelay(); err != nil {
 			return nil, err
@@ -121,6 +127,10 @@ func (c *Client) startTunnel() (err error) {
 		return fmt.Errorf("listening in the tunnel: %w", err)
 	}
 	c.onClose(c.connLn.Close)
+	if c.udpPC, err = c.stack.ListenUDPBuffered(netip.AddrPortFrom(netip.IPv6Unspecified(), forward.UDPConnectorPort), forward.UDPTunnelSocketBuffer); err != nil {
+		return fmt.Errorf("listening for UDP in the tunnel: %w", err)
+	}
+	c.onClose(c.udpPC.Close)
 	if c.hb, err = c.stack.DialUDP(netip.AddrPortFrom(wg.ServerAddr, forward.HeartbeatPort)); err != nil {
 		return fmt.Errorf("heartbeat socket: %w", err)
 	}
@@ -200,8 +210,9 @@ func (c *Client) Run(ctx context.Context) error {
 		c.wg.Add(1)
 		go func() { defer c.wg.Done(); c.relay.Serve(c.socksLn) }()
 	}
-	c.wg.Add(3)
+	c.wg.Add(4)
 	go func() { defer c.wg.Done(); c.conn.Serve(c.connLn) }()
+	go func() { defer c.wg.Done(); c.udp.Serve(c.udpPC) }()
 	go func() { defer c.wg.Done(); c.readPongs(ctx) }()
 	go func() { defer c.wg.Done(); c.ping(ctx) }()
 	<-ctx.Done()

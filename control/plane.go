@@ -262,11 +262,12 @@ func (p *Plane) publish() {
 	peers := make([]forward.Peer, 0, len(p.clients))
 	for _, c := range p.clients {
 		peers = append(peers, forward.Peer{
-			ID:        c.id,
-			Addr:      c.addr,
-			Connector: netip.AddrPortFrom(c.addr, forward.ConnectorPort),
-			Connected: c.state == ClientConnected,
-			Socks5:    c.socks,
+			ID:           c.id,
+			Addr:         c.addr,
+			Connector:    netip.AddrPortFrom(c.addr, forward.ConnectorPort),
+			UDPConnector: netip.AddrPortFrom(c.addr, forward.UDPConnectorPort),
+			Connected:    c.state == ClientConnected,
+			Socks5:       c.socks,
 		})
 	}
 	p.opts.Publish(forward.NewDirectory(peers...))

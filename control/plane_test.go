@@ -261,7 +261,10 @@ func newHarness(t *testing.T, store *memStore, bootstrap ...Registration) *harne
 	h.dir = func() *forward.Directory { dir.Lock(); defer dir.Unlock(); return dir.d }
 	log := slog.New(slog.NewTextHandler(&lockedWriter{w: h.logs}, nil))
 	var err error
-	h.gw, err = forward.NewGateway(forward.GatewayConfig{Directory: h.dir, Dial: h.net.dial, Listen: h.net.listen, Logger: log})
+	h.gw, err = forward.NewGateway(forward.GatewayConfig{Directory: h.dir, Dial: h.net.dial, Listen: h.net.listen, Logger: log,
+		// UDP tunnels listen on the kernel's loopback; their frames leave
+		// from loopback sockets in place of the tunnel.
+		TunnelPacket: func() (net.PacketConn, error) { return net.ListenPacket("udp", "127.0.0.1:0") }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,8 @@ type Peer struct {
 	// Connector is where the Gateway opens the client's tunneled
 	// connections.
 	Connector netip.AddrPort
+	// UDPConnector is where the Gateway sends the client's UDP frames.
+	UDPConnector netip.AddrPort
 	// Connected: the client answers heartbeats. Only connected clients are
 	// offered new connections.
 	Connected bool

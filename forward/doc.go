@@ -1,5 +1,6 @@
-// Package forward carries TCP connections between the public side of a
-// threshold server and the local services of a threshold client.
+// Package forward carries TCP connections and UDP sessions between the
+// public side of a threshold server and the local services of a threshold
+// client.
 //
 // On the server, the Gateway holds one public listener per address and port
 // and matches each connection to one of the tunnels there (gateway.go, with
@@ -12,6 +13,12 @@
 // On the client, the Connector reads each link request and connects it to
 // the service its own map names, and the Relay carries the local SOCKS5
 // port to the server.
+//
+// UDP tunnels (udpgateway.go on the server, udpconnector.go on the
+// client) carry each public source's datagrams as self-describing frames
+// (udpproto.go) on the tunnel's UDP: the server keeps a session per source
+// with no goroutine of its own, the client a socket per session toward the
+// service its map names.
 //
 // Join copies bytes both ways with half-close. Every forwarder shares one
 // lifecycle (lifecycle.go): listeners, tracked sessions, a context and

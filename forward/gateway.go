@@ -55,6 +55,20 @@ type GatewayConfig struct {
 	// Rejected, if set, is told each time a public connection is refused,
 	// with one of the Reject* reasons.
 	Rejected func(reason string)
+
+	// UDP tunnels (udpgateway.go). ListenPacket opens their public sockets;
+	// the kernel's UDP by default.
+	ListenPacket PacketListenFunc
+	// TunnelPacket opens a UDP socket inside the tunnel, on a port of the
+	// server's own; each UDP tunnel sends its frames from one. Without it
+	// UDP tunnels are refused.
+	TunnelPacket func() (net.PacketConn, error)
+	// TunnelMTU is the tunnel interface's MTU, to count the datagrams
+	// fragmented inside it; DefaultTunnelMTU if zero.
+	TunnelMTU int
+	// ObserveUDP, if set, is called once for each UDP tunnel's listener;
+	// the UDPObserver it returns meters that tunnel.
+	ObserveUDP func(t Tunnel) UDPObserver
 }
 
 // ConnObserver meters one proxied connection.
@@ -92,6 +106,8 @@ type Gateway struct {
 	changeMu  sync.Mutex // held from Prepare to Commit or Abort
 	mu        sync.Mutex
 	listeners map[string]*listener // by Tunnel.ListenKey
+	udp       map[string]*udpListener
+	udpDown   bool // the UDP listeners were closed for good
 	tunnels   []Tunnel
 	routeKeys map[string]bool // of tunnels
 }
@@ -130,23 +146,58 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 	if cfg.Rejected == nil {
 		cfg.Rejected = func(string) {}
 	}
+	if cfg.ListenPacket == nil {
+		var lc net.ListenConfig
+		cfg.ListenPacket = lc.ListenPacket
+	}
+	if cfg.TunnelMTU <= 0 {
+		cfg.TunnelMTU = DefaultTunnelMTU
+	}
 	cfg.Timeouts = cfg.Timeouts.withDefaults()
-	g := &Gateway{cfg: cfg, log: cfg.Logger, listeners: make(map[string]*listener)}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, listeners: make(map[string]*listener), udp: make(map[string]*udpListener)}
 	g.life.init(cfg.Logger)
 	return g, nil
 }
 
 // Tunnels returns the tunnels in force, in the order they were applied,
-// each with the client its new connections go to now.
+// each with the client its new connections go to now and its live
+// connections or sessions.
 func (g *Gateway) Tunnels() []Tunnel {
 	g.mu.Lock()
 	ts := slices.Clone(g.tunnels)
+	udp := make(map[string]int, len(g.udp))
+	for k, l := range g.udp {
+		udp[k] = l.count()
+	}
 	g.mu.Unlock()
+	tcp := g.life.live.countByRoute()
 	dir := g.cfg.Directory()
 	for i := range ts {
 		ts[i].ActiveClientId = dir.Active(ts[i])
+		n := tcp[ts[i].RouteKey()]
+		if ts[i].IsUDP() {
+			n = udp[ts[i].ListenKey()]
+		}
+		ts[i].ActiveSessions = &n
 	}
 	return ts
+}
+
+// countByRoute counts the live sessions of each route.
+func (ss *sessions) countByRoute() map[string]int {
+	ss.mu.Lock()
+	all := make([]*session, 0, len(ss.m))
+	for s := range ss.m {
+		all = append(all, s)
+	}
+	ss.mu.Unlock()
+	out := make(map[string]int)
+	for _, s := range all {
+		if r := s.routeKey(); r != "" {
+			out[r]++
+		}
+	}
+	return out
 }
 
 func (g *Gateway) hasRoute(key string) bool {
@@ -160,11 +211,12 @@ func (g *Gateway) hasRoute(key string) bool {
 // Exactly one of Commit or Abort must follow; until then other changes
 // wait.
 type Change struct {
-	g      *Gateway
-	ts     []Tunnel
-	routes map[string][]Tunnel
-	opened map[string]*listener
-	done   bool
+	g         *Gateway
+	ts        []Tunnel
+	routes    map[string][]Tunnel
+	opened    map[string]*listener
+	openedUDP map[string]*udpListener
+	done      bool
 }
 
 // Tunnels is the list the change applies, normalized.
@@ -188,13 +240,16 @@ func (g *Gateway) Prepare(ts []Tunnel) (*Change, error) {
 		return nil, ErrClosed
 	}
 	g.mu.Lock()
-	have := make(map[string]bool, len(g.listeners))
+	have := make(map[string]bool, len(g.listeners)+len(g.udp))
 	for k := range g.listeners {
+		have[k] = true
+	}
+	for k := range g.udp {
 		have[k] = true
 	}
 	g.mu.Unlock()
 
-	c := &Change{g: g, ts: ts, routes: make(map[string][]Tunnel), opened: make(map[string]*listener)}
+	c := &Change{g: g, ts: ts, routes: make(map[string][]Tunnel), opened: make(map[string]*listener), openedUDP: make(map[string]*udpListener)}
 	var order []string
 	for _, t := range ts {
 		k := t.ListenKey()
@@ -206,6 +261,19 @@ func (g *Gateway) Prepare(ts []Tunnel) (*Change, error) {
 	var errs []error
 	for _, k := range order {
 		if have[k] {
+			continue
+		}
+		if t := c.routes[k][0]; t.IsUDP() {
+			if g.cfg.TunnelPacket == nil {
+				errs = append(errs, &problem{kind: ErrInvalid, msg: fmt.Sprintf("%s: this server cannot carry UDP tunnels", k)})
+				continue
+			}
+			l, err := g.openUDP(t)
+			if err != nil {
+				errs = append(errs, &problem{kind: ErrListen, msg: fmt.Sprintf("listening on %s: %v", k, err)})
+				continue
+			}
+			c.openedUDP[k] = l
 			continue
 		}
 		ln, err := g.cfg.Listen(g.life.ctx, "tcp", k)
@@ -241,6 +309,9 @@ func (c *Change) Abort() {
 	for _, l := range c.opened {
 		l.ln.Close()
 	}
+	for _, l := range c.openedUDP {
+		l.close(false)
+	}
 	c.g.changeMu.Unlock()
 }
 
@@ -254,7 +325,7 @@ func (c *Change) Commit() error {
 	}
 	g := c.g
 	g.mu.Lock()
-	if !g.life.up() {
+	if !g.life.up() || g.udpDown {
 		g.mu.Unlock()
 		c.Abort()
 		return ErrClosed
@@ -277,6 +348,20 @@ func (c *Change) Commit() error {
 			delete(g.listeners, k)
 		}
 	}
+	for k, l := range c.openedUDP {
+		g.udp[k] = l
+	}
+	var staleUDP []*udpListener
+	for k, l := range g.udp {
+		if r, ok := c.routes[k]; ok {
+			// New sessions follow the new settings; live ones keep theirs.
+			t := r[0]
+			l.tunnel.Store(&t)
+		} else {
+			staleUDP = append(staleUDP, l)
+			delete(g.udp, k)
+		}
+	}
 	g.tunnels = c.ts
 	g.routeKeys = make(map[string]bool, len(c.ts))
 	for _, t := range c.ts {
@@ -288,11 +373,20 @@ func (c *Change) Commit() error {
 			g.log.Info("now listening", "address", l.ln.Addr().String(), "tunnels", describe(c.routes[l.key]))
 		}
 	}
+	for _, l := range c.openedUDP {
+		if l.start() {
+			g.log.Info("now listening", "address", l.key, "tunnels", describe(c.routes[l.key]))
+		}
+	}
 	g.mu.Unlock()
 
 	for _, l := range stale {
 		l.ln.Close()
 		g.log.Info("stopped listening", "address", l.key)
+	}
+	for _, l := range staleUDP {
+		n := l.close(true)
+		g.log.Info("stopped listening", "address", l.key, "sessions_closed", n)
 	}
 	for _, t := range c.ts {
 		delete(oldRoutes, t.RouteKey())
@@ -311,7 +405,11 @@ func (c *Change) Commit() error {
 func describe(ts []Tunnel) []string {
 	out := make([]string, len(ts))
 	for i, t := range ts {
-		out[i] = fmt.Sprintf("%s -> %s on %s", t.ListenHostnameGlob, t.BackEndService, strings.Join(t.Clients(), ","))
+		what := t.ListenHostnameGlob
+		if t.IsUDP() {
+			what = "udp"
+		}
+		out[i] = fmt.Sprintf("%s -> %s on %s", what, t.BackEndService, strings.Join(t.Clients(), ","))
 	}
 	return out
 }
@@ -334,7 +432,34 @@ func (g *Gateway) Apply(ts []Tunnel) ([]Tunnel, error) {
 // CloseClient closes every live connection to a client, for when the
 // client is removed; it returns how many there were.
 func (g *Gateway) CloseClient(clientID string) int {
-	return g.life.live.closeMatching(func(s *session) bool { return s.is("", clientID) })
+	n := g.life.live.closeMatching(func(s *session) bool { return s.is("", clientID) })
+	g.mu.Lock()
+	udp := make([]*udpListener, 0, len(g.udp))
+	for _, l := range g.udp {
+		udp = append(udp, l)
+	}
+	g.mu.Unlock()
+	for _, l := range udp {
+		n += l.closeClient(clientID)
+	}
+	return n
+}
+
+// closeUDP closes every UDP listener for good, ending their sessions (and
+// telling the clients). A datagram session cannot outlive its socket, so
+// it has no grace period.
+func (g *Gateway) closeUDP() {
+	g.mu.Lock()
+	g.udpDown = true
+	udp := make([]*udpListener, 0, len(g.udp))
+	for _, l := range g.udp {
+		udp = append(udp, l)
+	}
+	clear(g.udp)
+	g.mu.Unlock()
+	for _, l := range udp {
+		l.close(true)
+	}
 }
 
 // Live reports how many proxied connections are open.
@@ -342,12 +467,16 @@ func (g *Gateway) Live() int { return g.life.live.count() }
 
 // Shutdown stops accepting, lets live connections finish until ctx ends,
 // then closes whatever is left, like Close. It returns how many
-// connections had to be cut.
-func (g *Gateway) Shutdown(ctx context.Context) int { return g.life.shutdown(ctx) }
+// connections had to be cut. UDP sessions end at once.
+func (g *Gateway) Shutdown(ctx context.Context) int {
+	g.closeUDP()
+	return g.life.shutdown(ctx)
+}
 
-// Close stops every listener, closes every connection and waits for all of
-// the Gateway's goroutines. It is idempotent.
+// Close stops every listener, closes every connection and session and waits
+// for all of the Gateway's goroutines. It is idempotent.
 func (g *Gateway) Close() error {
+	g.closeUDP()
 	g.life.close()
 	return nil
 }
@@ -425,7 +554,10 @@ func addrString(a net.Addr) string {
 
 // addrPortOf turns a socket address into an AddrPort; zero if it cannot.
 func addrPortOf(a net.Addr) netip.AddrPort {
-	if ta, ok := a.(*net.TCPAddr); ok {
+	switch ta := a.(type) {
+	case *net.TCPAddr:
+		return ta.AddrPort()
+	case *net.UDPAddr:
 		return ta.AddrPort()
 	}
 	if a == nil {

@@ -570,13 +570,15 @@ func TestGatewayApplyReturnsNormalizedCopy(t *testing.T) {
 		t.Errorf("Apply modified its argument: %+v", in)
 	}
 	want := orig[0]
+	want.Protocol = "tcp"
 	want.ListenHostnameGlob = "*"
 	want.HaProxyProxyProtocolVersion = 1
 	if len(out) != 1 || !reflect.DeepEqual(out[0], want) {
 		t.Fatalf("Apply returned %+v, want [%+v]", out, want)
 	}
-	// Tunnels() also tells which client is active.
+	// Tunnels() also tells which client is active, and the live connections.
 	want.ActiveClientId = "c1"
+	want.ActiveSessions = new(int)
 	if got := h.gw.Tunnels(); len(got) != 1 || !reflect.DeepEqual(got[0], want) {
 		t.Errorf("Tunnels() = %+v, want [%+v]", got, want)
 	}

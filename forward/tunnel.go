@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -11,17 +12,33 @@ import (
 )
 
 // Tunnel maps a public listener to a service on a client. The JSON names
-// are those of the original threshold's PUT /tunnels.
+// are those of the original threshold's PUT /tunnels; the Protocol and
+// Udp* fields are threshold's own.
 type Tunnel struct {
+	// Protocol is "tcp" (the default) or "udp" (udptunnel.go).
+	Protocol             string `json:",omitempty"`
 	HaProxyProxyProtocol bool
-	// HaProxyProxyProtocolVersion is 1 (the default, as the original) or 2.
+	// HaProxyProxyProtocolVersion is 1 (the default, as the original) or 2;
+	// a UDP tunnel only has 2, PROXY v1 having no datagram form.
 	HaProxyProxyProtocolVersion int `json:",omitempty"`
+	// UdpProxyProtocolMode says which datagrams of a UDP session carry the
+	// PROXY header: "every" (the default; BIND9, Unbound, caddy-l4) or
+	// "first" (frp >= 0.67, Geyser).
+	UdpProxyProtocolMode string `json:",omitempty"`
 	// ListenAddress is the IP to listen on; empty means every address.
 	ListenAddress string
 	// ListenHostnameGlob picks the tunnel by TLS SNI or HTTP Host when
 	// several tunnels share a port; "*" (the default) matches anything.
+	// UDP tunnels have none.
 	ListenHostnameGlob string
 	ListenPort         int
+	// UdpSessionIdleSeconds ends a UDP session that carried no datagram
+	// either way for this long; DefaultUDPIdleSeconds if zero.
+	UdpSessionIdleSeconds int `json:",omitempty"`
+	// UdpMaxSessions caps a UDP tunnel's live sessions: new sources are
+	// refused beyond it, live ones never evicted; DefaultUDPMaxSessions if
+	// zero.
+	UdpMaxSessions int `json:",omitempty"`
 	// BackEndService is a name the client maps to one of its local addresses.
 	BackEndService string
 	// ClientId names the client; or ClientIds names several in order of
@@ -30,7 +47,34 @@ type Tunnel struct {
 	ClientIds []string `json:",omitempty"`
 	// ActiveClientId is output only: the client new connections go to now.
 	ActiveClientId string `json:",omitempty"`
+	// ActiveSessions is output only: the tunnel's live connections (TCP)
+	// or sessions (UDP) when the list was read.
+	ActiveSessions *int `json:",omitempty"`
 }
+
+// Protocols.
+const (
+	ProtocolTCP = "tcp"
+	ProtocolUDP = "udp"
+)
+
+// UDP tunnel defaults and bounds. RFC 4787 (REQ-5) asks for at least two
+// minutes of idle time; shorter ones break OpenVPN and game streams.
+const (
+	DefaultUDPIdleSeconds = 120
+	MaxUDPIdleSeconds     = 86400
+	DefaultUDPMaxSessions = 10000
+	MaxUDPMaxSessions     = 1000000
+)
+
+// PROXY header modes of a UDP tunnel.
+const (
+	UDPProxyEvery = "every"
+	UDPProxyFirst = "first"
+)
+
+// IsUDP reports whether the tunnel carries datagrams.
+func (t Tunnel) IsUDP() bool { return t.Protocol == ProtocolUDP }
 
 // Clients lists the tunnel's clients in order of preference.
 func (t Tunnel) Clients() []string {
@@ -43,13 +87,29 @@ func (t Tunnel) Clients() []string {
 	return nil
 }
 
-// ListenKey is the public socket address a tunnel listens on.
-func (t Tunnel) ListenKey() string {
+// ListenAddr is the public host:port a tunnel listens on.
+func (t Tunnel) ListenAddr() string {
 	return net.JoinHostPort(t.ListenAddress, strconv.Itoa(t.ListenPort))
 }
 
-// RouteKey identifies a tunnel: its socket address and hostname glob.
-func (t Tunnel) RouteKey() string { return t.ListenKey() + " " + t.ListenHostnameGlob }
+// ListenKey is the public socket a tunnel listens on: its host:port, with
+// "/udp" after it for a UDP tunnel, so a TCP and a UDP tunnel may share a
+// port number.
+func (t Tunnel) ListenKey() string {
+	if t.IsUDP() {
+		return t.ListenAddr() + "/udp"
+	}
+	return t.ListenAddr()
+}
+
+// RouteKey identifies a tunnel: its socket address and hostname glob (a
+// UDP tunnel has no glob: its ListenKey).
+func (t Tunnel) RouteKey() string {
+	if t.IsUDP() {
+		return t.ListenKey()
+	}
+	return t.ListenKey() + " " + t.ListenHostnameGlob
+}
 
 func (t Tunnel) backendProxyVersion() int {
 	if !t.HaProxyProxyProtocol {
@@ -58,17 +118,28 @@ func (t Tunnel) backendProxyVersion() int {
 	return t.HaProxyProxyProtocolVersion
 }
 
-// Normalize fills defaults in place: glob "*", PROXY version 1 when
-// HaProxyProxyProtocol is set, the canonical form of ListenAddress.
+// Normalize fills defaults in place: protocol "tcp"; for TCP glob "*" and
+// PROXY version 1 when HaProxyProxyProtocol is set; for UDP the idle time,
+// the session cap, PROXY version 2 and mode "every"; the canonical form of
+// ListenAddress.
 func (t *Tunnel) Normalize() {
 	t.ActiveClientId = ""
-	if t.ListenHostnameGlob == "" {
-		t.ListenHostnameGlob = "*"
+	t.ActiveSessions = nil
+	t.Protocol = strings.ToLower(t.Protocol)
+	if t.Protocol == "" {
+		t.Protocol = ProtocolTCP
+	}
+	if t.IsUDP() {
+		t.normalizeUDP()
+	} else {
+		if t.ListenHostnameGlob == "" {
+			t.ListenHostnameGlob = "*"
+		}
+		if t.HaProxyProxyProtocol && t.HaProxyProxyProtocolVersion == 0 {
+			t.HaProxyProxyProtocolVersion = 1
+		}
 	}
 	t.ListenHostnameGlob = strings.ToLower(t.ListenHostnameGlob)
-	if t.HaProxyProxyProtocol && t.HaProxyProxyProtocolVersion == 0 {
-		t.HaProxyProxyProtocolVersion = 1
-	}
 	if a, err := netip.ParseAddr(t.ListenAddress); err == nil {
 		t.ListenAddress = a.String()
 	}
@@ -89,8 +160,16 @@ func (t Tunnel) Problems(where string) []string {
 	if t.ListenPort < 1 || t.ListenPort > 65535 {
 		add("ListenPort", "%d is not a port number (1-65535)", t.ListenPort)
 	}
-	if err := sniff.CheckGlob(t.ListenHostnameGlob); err != nil {
-		add("ListenHostnameGlob", "%v", err)
+	switch t.Protocol {
+	case ProtocolTCP:
+		if err := sniff.CheckGlob(t.ListenHostnameGlob); err != nil {
+			add("ListenHostnameGlob", "%v", err)
+		}
+		p = append(p, t.tcpOnlyProblems(where)...)
+	case ProtocolUDP:
+		p = append(p, t.udpProblems(where)...)
+	default:
+		add("Protocol", "%q is not tcp or udp", t.Protocol)
 	}
 	if err := CheckServiceName(t.BackEndService); err != nil {
 		add("BackEndService", "%v", err)
@@ -115,6 +194,22 @@ func (t Tunnel) Problems(where string) []string {
 	} else if t.HaProxyProxyProtocol && t.HaProxyProxyProtocolVersion != 1 && t.HaProxyProxyProtocolVersion != 2 {
 		add("HaProxyProxyProtocolVersion", "%d is not 1 or 2", t.HaProxyProxyProtocolVersion)
 	}
+	return p
+}
+
+// tcpOnlyProblems refuses the UDP fields on a TCP tunnel.
+func (t Tunnel) tcpOnlyProblems(where string) []string {
+	var p []string
+	for field, set := range map[string]bool{
+		"UdpSessionIdleSeconds": t.UdpSessionIdleSeconds != 0,
+		"UdpMaxSessions":        t.UdpMaxSessions != 0,
+		"UdpProxyProtocolMode":  t.UdpProxyProtocolMode != "",
+	} {
+		if set {
+			p = append(p, fmt.Sprintf("%s.%s: applies only to a tunnel with \"Protocol\": \"udp\"", where, field))
+		}
+	}
+	slices.Sort(p)
 	return p
 }
 
@@ -159,7 +254,11 @@ func CheckTunnels(ts []Tunnel) []string {
 		where := fmt.Sprintf("tunnels[%d]", i)
 		p = append(p, ts[i].Problems(where)...)
 		if j, dup := seen[ts[i].RouteKey()]; dup {
-			p = append(p, fmt.Sprintf("%s: claims %s hostname %q like tunnels[%d]", where, ts[i].ListenKey(), ts[i].ListenHostnameGlob, j))
+			if ts[i].IsUDP() {
+				p = append(p, fmt.Sprintf("%s: claims %s like tunnels[%d]", where, ts[i].ListenKey(), j))
+			} else {
+				p = append(p, fmt.Sprintf("%s: claims %s hostname %q like tunnels[%d]", where, ts[i].ListenKey(), ts[i].ListenHostnameGlob, j))
+			}
 			continue
 		}
 		seen[ts[i].RouteKey()] = i

@@ -18,6 +18,14 @@ type metrics struct {
 	active       *prometheus.GaugeVec
 	total        *prometheus.CounterVec
 	rejected     *prometheus.CounterVec
+
+	udpDatagrams  *prometheus.CounterVec
+	udpBytes      *prometheus.CounterVec
+	udpActive     *prometheus.GaugeVec
+	udpSessions   *prometheus.CounterVec
+	udpRefused    *prometheus.CounterVec
+	udpDropped    *prometheus.CounterVec
+	udpFragmented *prometheus.CounterVec
 }
 
 func newMetrics(clients func() map[string]control.ClientStatus) *metrics {
@@ -44,10 +52,12 @@ func newMetrics(clients func() map[string]control.ClientStatus) *metrics {
 			Help: "Public connections refused, by reason.",
 		}, []string{"reason"}),
 	}
+	m.newUDPMetrics()
 	for _, r := range forward.RejectReasons {
 		m.rejected.WithLabelValues(r) // so every reason shows, at 0
 	}
 	m.reg.MustRegister(m.ingressBytes, m.egressBytes, m.active, m.total, m.rejected,
+		m.udpDatagrams, m.udpBytes, m.udpActive, m.udpSessions, m.udpRefused, m.udpDropped, m.udpFragmented,
 		clientCollector{clients: clients},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -112,4 +122,75 @@ func (c clientCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(clientWireguardDesc, prometheus.CounterValue, float64(st.BytesIn), id, "in")
 		ch <- prometheus.MustNewConstMetric(clientWireguardDesc, prometheus.CounterValue, float64(st.BytesOut), id, "out")
 	}
+}
+
+func (m *metrics) newUDPMetrics() {
+	m.udpDatagrams = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "threshold_udp_datagrams_total",
+		Help: "Datagrams relayed by UDP tunnels, by tunnel and direction (in: from the internet user, out: to them).",
+	}, []string{"tunnel", "direction"})
+	m.udpBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "threshold_udp_bytes_total",
+		Help: "Payload bytes relayed by UDP tunnels, by tunnel and direction.",
+	}, []string{"tunnel", "direction"})
+	m.udpActive = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "threshold_udp_sessions_active",
+		Help: "Live UDP sessions (one per public source address), by tunnel.",
+	}, []string{"tunnel"})
+	m.udpSessions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "threshold_udp_sessions_total",
+		Help: "UDP sessions started, by tunnel.",
+	}, []string{"tunnel"})
+	m.udpRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "threshold_udp_sessions_refused_total",
+		Help: "New UDP sources refused, by tunnel and reason; a source that keeps sending while refused counts once per datagram.",
+	}, []string{"tunnel", "reason"})
+	m.udpDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "threshold_udp_datagrams_dropped_total",
+		Help: "Datagrams dropped by UDP tunnels, by tunnel and reason (oversized: too large for UDP once framed).",
+	}, []string{"tunnel", "reason"})
+	m.udpFragmented = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "threshold_udp_datagrams_fragmented_total",
+		Help: "Datagrams larger than the tunnel MTU, fragmented and reassembled inside the tunnel, by tunnel.",
+	}, []string{"tunnel"})
+}
+
+// udpMeter meters one UDP tunnel; its counters are bound once, not per
+// datagram.
+type udpMeter struct {
+	in, out, inBytes, outBytes prometheus.Counter
+	active                     prometheus.Gauge
+	started, fragmented        prometheus.Counter
+	refused, dropped           map[string]prometheus.Counter
+}
+
+func (u *udpMeter) In(n int)         { u.in.Inc(); u.inBytes.Add(float64(n)) }
+func (u *udpMeter) Out(n int)        { u.out.Inc(); u.outBytes.Add(float64(n)) }
+func (u *udpMeter) SessionStarted()  { u.started.Inc(); u.active.Inc() }
+func (u *udpMeter) SessionEnded()    { u.active.Dec() }
+func (u *udpMeter) Fragmented()      { u.fragmented.Inc() }
+func (u *udpMeter) Refused(r string) { u.refused[r].Inc() }
+func (u *udpMeter) Dropped(r string) { u.dropped[r].Inc() }
+
+// observeUDP meters one UDP tunnel's listener.
+func (m *metrics) observeUDP(t forward.Tunnel) forward.UDPObserver {
+	k := t.RouteKey()
+	u := &udpMeter{
+		in:         m.udpDatagrams.WithLabelValues(k, "in"),
+		out:        m.udpDatagrams.WithLabelValues(k, "out"),
+		inBytes:    m.udpBytes.WithLabelValues(k, "in"),
+		outBytes:   m.udpBytes.WithLabelValues(k, "out"),
+		active:     m.udpActive.WithLabelValues(k),
+		started:    m.udpSessions.WithLabelValues(k),
+		fragmented: m.udpFragmented.WithLabelValues(k),
+		refused:    map[string]prometheus.Counter{},
+		dropped:    map[string]prometheus.Counter{},
+	}
+	for _, r := range forward.UDPRejectReasons {
+		u.refused[r] = m.udpRefused.WithLabelValues(k, r)
+	}
+	for _, r := range forward.UDPDropReasons {
+		u.dropped[r] = m.udpDropped.WithLabelValues(k, r)
+	}
+	return u
 }

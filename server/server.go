@@ -192,6 +192,12 @@ func (s *Server) startForwarders(policy forward.EgressPolicy) (err error) {
 		Observe:     s.metrics.observe,
 		Rejected:    func(reason string) { s.metrics.rejected.WithLabelValues(reason).Inc() },
 		Logger:      s.log.With("component", "gateway"),
+		// Each UDP tunnel's frames leave from a port of their own.
+		TunnelPacket: func() (net.PacketConn, error) {
+			return s.stack.ListenUDPBuffered(netip.AddrPortFrom(wg.ServerAddr, 0), forward.UDPTunnelSocketBuffer)
+		},
+		TunnelMTU:  mtuOf(s.stack),
+		ObserveUDP: s.metrics.observeUDP,
 	}); err != nil {
 		return err
 	}
@@ -211,6 +217,11 @@ func (s *Server) startForwarders(policy forward.EgressPolicy) (err error) {
 	}
 	s.onClose(s.egress.Close)
 	return nil
+}
+
+func mtuOf(st *netstack.Stack) int {
+	mtu, _ := st.MTU()
+	return mtu
 }
 
 // startAPI binds the management port.

@@ -349,6 +349,17 @@ func (s *server) mustPutTunnels(t testing.TB, tunnels []tunnel) []tunnel {
 	return applied
 }
 
+// configOf is a tunnel list without its output-only fields (the live
+// session count changes as connections come and go).
+func configOf(ts []tunnel) []tunnel {
+	out := make([]tunnel, len(ts))
+	for i, t := range ts {
+		t.ActiveSessions = nil
+		out[i] = t
+	}
+	return out
+}
+
 func (s *server) tunnels(t testing.TB) []tunnel {
 	t.Helper()
 	code, body, err := s.call("GET", "/tunnels", nil)
@@ -389,15 +400,20 @@ func (s *server) waitState(t testing.TB, id, state string, timeout time.Duration
 }
 
 type tunnel struct {
+	Protocol                    string `json:",omitempty"`
 	HaProxyProxyProtocol        bool
-	HaProxyProxyProtocolVersion int `json:",omitempty"`
+	HaProxyProxyProtocolVersion int    `json:",omitempty"`
+	UdpProxyProtocolMode        string `json:",omitempty"`
 	ListenAddress               string
 	ListenHostnameGlob          string
 	ListenPort                  int
+	UdpSessionIdleSeconds       int `json:",omitempty"`
+	UdpMaxSessions              int `json:",omitempty"`
 	BackEndService              string
 	ClientId                    string   `json:",omitempty"`
 	ClientIds                   []string `json:",omitempty"`
 	ActiveClientId              string   `json:",omitempty"`
+	ActiveSessions              *int     `json:",omitempty"`
 }
 
 // --- backends and senders ---

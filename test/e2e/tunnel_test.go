@@ -200,7 +200,7 @@ func TestBadInput(t *testing.T) {
 	port := freePort(t, "tcp")
 	good := []tunnel{{ListenAddress: "127.0.0.1", ListenPort: port, BackEndService: "web", ClientId: "home"}}
 	srv.mustPutTunnels(t, good)
-	before := srv.tunnels(t)
+	before := configOf(srv.tunnels(t))
 	live := dialLive(t, tcpAddr(port), "backend")
 
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
@@ -249,7 +249,7 @@ func TestBadInput(t *testing.T) {
 				t.Errorf("%s: error %s does not mention %q", tc.name, body, m)
 			}
 		}
-		if after := srv.tunnels(t); !reflect.DeepEqual(after, before) {
+		if after := configOf(srv.tunnels(t)); !reflect.DeepEqual(after, before) {
 			t.Fatalf("%s changed the tunnels: %+v", tc.name, after)
 		}
 		if c, err := net.DialTimeout("tcp", tcpAddr(other), 200*time.Millisecond); err == nil {
