@@ -22,7 +22,8 @@ func TestJSONDecode(t *testing.T) {
 	forward.CheckTunnels(ts, probs)
 	got := strings.Join(probs.Lines(), "\n")
 	want := "offset 15: tunnels[0].ListenPort: want an integer, got a string\n" +
-		"offset 20: tunnels[0].Bogus: unknown field \"Bogus\"; the fields are HaProxyProxyProtocol, HaProxyProxyProtocolVersion, ListenAddress, ListenHostnameGlob, ListenPort, BackEndService, ClientId, ClientIds, ActiveClientId\n" +
+		"offset 20: tunnels[0].Bogus: unknown field \"Bogus\"\n" + // a tunnel has too many fields to list them
+
 		"tunnels[0].ClientId: is required (or ClientIds, a list in order of preference)"
 	if got != want {
 		t.Fatalf("got\n%s\nwant\n%s", got, want)

@@ -121,7 +121,7 @@ func newUDPRig(t *testing.T, services map[string]map[string]string, mod func(*Ga
 	t.Helper()
 	r := &udpRig{t: t, obs: newUDPCounts(), conns: map[string]*UDPConnector{}, addrs: map[string]netip.AddrPort{}}
 	for id, svc := range services {
-		c, err := NewUDPConnector(UDPConnectorConfig{Services: svc, Logger: ftLogger()})
+		c, err := NewUDPConnector(UDPConnectorConfig{Services: svc, Logger: ftLogger(), Sources: ftLoopbackSources})
 		if err != nil {
 			t.Fatal(err)
 		}
