@@ -53,6 +53,7 @@ type Client struct {
 	hb        net.Conn
 
 	lastPong  atomic.Int64    // unix nanos of the last heartbeat answer
+	instance  uint32          // the server's, from its heartbeat answers; owned by readPongs
 	ctx       context.Context // ends with Close
 	cancel    context.CancelFunc
 	closers   []func() error // what Close undoes, in the order it was built
@@ -90,11 +91,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Client, err erro
 	if err := c.startTunnel(); err != nil {
 		return nil, err
 	}
-	if c.conn, err = forward.NewConnector(forward.ConnectorConfig{Services: cfg.ServiceToLocalAddrMap, Logger: log.With("component", "connector")}); err != nil {
+	cc := cfg.connectorConfig()
+	cc.Logger = log.With("component", "connector")
+	if c.conn, err = forward.NewConnector(cc); err != nil {
 		return nil, err
 	}
 	c.onClose(c.conn.Close)
-	if c.udp, err = forward.NewUDPConnector(forward.UDPConnectorConfig{Services: cfg.ServiceToLocalAddrMap, Logger: log.With("component", "udp")}); err != nil {
+	uc := cfg.udpConnectorConfig()
+	uc.Logger = log.With("component", "udp")
+	if c.udp, err = forward.NewUDPConnector(uc); err != nil {
 		return nil, err
 	}
 	c.onClose(c.udp.Close)
@@ -106,6 +111,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Client, err erro
 	log.Info("threshold client started", "client", cfg.ClientId, "public_key", c.key.PublicKey().String(),
 		"tunnel_address", wg.ClientAddr(c.key.PublicKey()), "server", c.endpoint)
 	return c, nil
+}
+
+// Check reports every problem of cfg that New would refuse before it
+// does anything, in a *control.Problems; nil if there is none.
+func Check(cfg Config) error {
+	cfg.FillDefaults()
+	probs := control.NewProblems(control.ErrInvalid, "client config")
+	cfg.check(probs)
+	return probs.Err()
 }
 
 // startTunnel brings up the stack, the WireGuard device with the server as
@@ -292,6 +306,26 @@ func (c *Client) reresolve(ctx context.Context) {
 	}
 }
 
+// serverInstance notes the server instance a heartbeat answer carries. A
+// new one means the server restarted: the connections it had through the
+// tunnel died with it, so the client's ends (and the backend connections
+// behind them) are closed now rather than when they go idle.
+func (c *Client) serverInstance(id uint32) {
+	if id == 0 || id == c.instance {
+		return
+	}
+	old := c.instance
+	c.instance = id
+	if old == 0 {
+		return
+	}
+	n := c.conn.CloseAll()
+	if c.relay != nil {
+		n += c.relay.CloseAll()
+	}
+	c.log.Info("the server restarted: closed the connections it had", "connections", n)
+}
+
 func (c *Client) readPongs(ctx context.Context) {
 	buf := make([]byte, 64)
 	for {
@@ -311,6 +345,7 @@ func (c *Client) readPongs(ctx context.Context) {
 		}
 		if forward.IsPing(buf[:n]) {
 			c.lastPong.Store(time.Now().UnixNano())
+			c.serverInstance(forward.PingInstance(buf[:n]))
 		}
 	}
 }
