@@ -15,8 +15,11 @@ ARG GO_IMAGE=docker.io/library/golang:1.26-bookworm
 FROM ${GO_IMAGE} AS build
 WORKDIR /src
 ENV CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
-# Modules first: a source change does not download them again.
+# Modules first: a source change does not download them again. go.mod
+# replaces gvisor.dev/gvisor with third_party/gvisor, whose go.mod the
+# download needs.
 COPY go.mod go.sum ./
+COPY third_party/gvisor/go.mod third_party/gvisor/
 RUN go mod download
 COPY . .
 ARG VERSION=dev

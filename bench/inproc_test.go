@@ -95,7 +95,7 @@ func newInproc(tb testing.TB) *inproc {
 	cli, err := client.New(ctx, client.Config{
 		ClientId: "bench", ServerHost: "127.0.0.1", ServerTunnelControlPort: udpPort,
 		ServerPublicKey: srv.PublicKey().String(), PrivateKeyFile: filepath.Join(dir, "client.key"),
-		ServiceToLocalAddrMap: map[string]string{"bench": p.backend.addr()},
+		ServiceToLocalAddrMap: map[string]client.Service{"bench": client.Addr(p.backend.addr())},
 	}, log)
 	must(err)
 	p.closers = append(p.closers, func() { cli.Close() })

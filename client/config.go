@@ -29,7 +29,12 @@ type Config struct {
 	// egress leaves from the first of them that is connected.
 	Servers               []Server `json:",omitempty"`
 	PrivateKeyFile        string   // generated (0600) if missing
-	ServiceToLocalAddrMap map[string]string
+	ServiceToLocalAddrMap map[string]Service
+	// ProxySourceAllowCIDRs are source addresses the server may report in
+	// the PROXY headers backends get, besides public ones: loopback,
+	// private and link-local ranges and the tunnel's are refused unless
+	// listed here (a server on a private network, tests on loopback).
+	ProxySourceAllowCIDRs []string
 	// Socks5ListenAddress is a local host:port for applications to use as
 	// their SOCKS5 proxy; their connections leave from the server. Off if empty.
 	Socks5ListenAddress string
@@ -111,9 +116,25 @@ func (c *Config) check(p *control.Problems) {
 		if err := forward.CheckServiceName(name); err != nil {
 			p.Addf(field, "service name %v", err)
 		}
-		if err := forward.CheckServiceAddr(c.ServiceToLocalAddrMap[name]); err != nil {
+		svc := c.ServiceToLocalAddrMap[name]
+		if err := forward.CheckServiceAddr(svc.Address); err != nil {
 			p.Addf(field, "%v", err)
 		}
+		if v := svc.ProxyProtocol; v != nil && (*v < 0 || *v > 2) {
+			p.Addf(field+".ProxyProtocol", "%d is not 0 (none), 1 or 2", *v)
+		}
+		if svc.UdpProxyProtocolMode != "" {
+			proxy := 0
+			if svc.ProxyProtocol != nil {
+				proxy = *svc.ProxyProtocol
+			}
+			if err := checkUDPMode(svc.UdpProxyProtocolMode, proxy); err != nil {
+				p.Addf(field+".UdpProxyProtocolMode", "%v", err)
+			}
+		}
+	}
+	if _, err := forward.ParsePrefixes(c.ProxySourceAllowCIDRs); err != nil {
+		p.Addf("ProxySourceAllowCIDRs", "%v", err)
 	}
 }
 
@@ -188,4 +209,42 @@ func (c *Config) checkServers(p *control.Problems) {
 			endpoints[ep] = i
 		}
 	}
+}
+
+// connectorConfig splits the service map into what the connector takes:
+// addresses, the client's own PROXY choices, and the source policy.
+func (c *Config) connectorConfig() forward.ConnectorConfig {
+	cc := forward.ConnectorConfig{Services: make(map[string]string, len(c.ServiceToLocalAddrMap)), ServiceProxy: map[string]int{}}
+	for name, svc := range c.ServiceToLocalAddrMap {
+		cc.Services[name] = svc.Address
+		if svc.ProxyProtocol != nil {
+			cc.ServiceProxy[name] = *svc.ProxyProtocol
+		}
+	}
+	cc.Sources.Allow, _ = forward.ParsePrefixes(c.ProxySourceAllowCIDRs) // checked
+	cc.Sources.TunnelPrefix = wg.TunnelPrefix
+	return cc
+}
+
+// udpConnectorConfig is connectorConfig for UDP tunnels: the same
+// addresses, choices and source policy, plus each service's UDP PROXY mode.
+func (c *Config) udpConnectorConfig() forward.UDPConnectorConfig {
+	cc := c.connectorConfig()
+	uc := forward.UDPConnectorConfig{Services: cc.Services, ServiceProxy: cc.ServiceProxy, Sources: cc.Sources,
+		ServiceUDPProxyMode: map[string]string{}}
+	for name, svc := range c.ServiceToLocalAddrMap {
+		if svc.UdpProxyProtocolMode != "" {
+			uc.ServiceUDPProxyMode[name] = svc.UdpProxyProtocolMode
+		}
+	}
+	return uc
+}
+
+// Check reports every problem of cfg that New would refuse before it
+// does anything, in a *control.Problems; nil if there is none.
+func Check(cfg Config) error {
+	cfg.FillDefaults()
+	probs := control.NewProblems(control.ErrInvalid, "client config")
+	cfg.check(probs)
+	return probs.Err()
 }

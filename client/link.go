@@ -80,6 +80,7 @@ type link struct {
 	hb     net.Conn
 
 	lastPong atomic.Int64 // unix nanos of the last heartbeat answer
+	instance uint32       // the server's, from its heartbeat answers; owned by readPongs
 	relayed  connSet      // SOCKS5 connections relayed through this server
 
 	mu            sync.Mutex // guards what follows
@@ -139,11 +140,15 @@ func newLink(c *Client, i int, srv Server, onClose func(func() error)) (l *link,
 		return nil, fmt.Errorf("heartbeat socket: %w", err)
 	}
 	onClose(l.hb.Close)
-	if l.conn, err = forward.NewConnector(forward.ConnectorConfig{Services: c.cfg.ServiceToLocalAddrMap, Logger: l.log.With("component", "connector")}); err != nil {
+	cc := c.cfg.connectorConfig()
+	cc.Logger = l.log.With("component", "connector")
+	if l.conn, err = forward.NewConnector(cc); err != nil {
 		return nil, err
 	}
 	onClose(l.conn.Close)
-	if l.udp, err = forward.NewUDPConnector(forward.UDPConnectorConfig{Services: c.cfg.ServiceToLocalAddrMap, Logger: l.log.With("component", "udp")}); err != nil {
+	uc := c.cfg.udpConnectorConfig()
+	uc.Logger = l.log.With("component", "udp")
+	if l.udp, err = forward.NewUDPConnector(uc); err != nil {
 		return nil, err
 	}
 	onClose(l.udp.Close)
@@ -448,9 +453,28 @@ func (l *link) readPongs(ctx context.Context) {
 		if forward.IsPing(buf[:n]) {
 			now := time.Now()
 			l.lastPong.Store(now.UnixNano())
+			l.serverInstance(forward.PingInstance(buf[:n]))
 			l.markUp(now)
 		}
 	}
+}
+
+// serverInstance notes the server instance a heartbeat answer carries. A
+// new one means this server restarted: the connections it had through the
+// tunnel died with it, so the client's ends (and the backend connections
+// behind them) are closed now rather than when they go idle. Other
+// servers' connections are not touched.
+func (l *link) serverInstance(id uint32) {
+	if id == 0 || id == l.instance {
+		return
+	}
+	old := l.instance
+	l.instance = id
+	if old == 0 {
+		return
+	}
+	n := l.conn.CloseAll() + l.relayed.closeAll()
+	l.log.Info("the server restarted: closed the connections it had", "connections", n)
 }
 
 // dialSocks opens a connection to the server's SOCKS5 service through

@@ -64,6 +64,9 @@ type ServerStatus struct {
 type ServiceStatus struct {
 	Name    string
 	Address string
+	// ProxyProtocol is the client's own PROXY choice for the service (the
+	// object form); absent where the server's tunnel decides.
+	ProxyProtocol *int `json:",omitempty"`
 }
 
 // Socks5Status is the SOCKS5 port and the server its connections leave
@@ -93,7 +96,8 @@ func (c *Client) Status() Status {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		st.Services = append(st.Services, ServiceStatus{Name: name, Address: c.cfg.ServiceToLocalAddrMap[name]})
+		st.Services = append(st.Services, ServiceStatus{Name: name, Address: c.cfg.ServiceToLocalAddrMap[name].Address,
+			ProxyProtocol: c.cfg.ServiceToLocalAddrMap[name].ProxyProtocol})
 	}
 	if c.socksLn != nil {
 		s := &Socks5Status{ListenAddress: c.socksLn.Addr().String()}

@@ -18,10 +18,10 @@ type Checker interface {
 	ArmCheck(forward.ArmRequest) (forward.ArmedCheck, error)
 }
 
-// CheckTunnels checks the tunnels sel names (all if it is empty) through
+// CheckReachability checks the tunnels sel names (all if it is empty) through
 // their active clients; see forward.Gateway.Check. It needs a Gateway
 // that is a Checker.
-func (p *Plane) CheckTunnels(ctx context.Context, sel []forward.CheckSelector) ([]forward.CheckResult, error) {
+func (p *Plane) CheckReachability(ctx context.Context, sel []forward.CheckSelector) ([]forward.CheckResult, error) {
 	c, ok := p.opts.Gateway.(Checker)
 	if !ok {
 		return nil, errors.New("control: the gateway cannot check tunnels")

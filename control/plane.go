@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -231,6 +232,18 @@ func sameRegistration(d Device, a, b Registration) bool {
 // newClient checks a registration and makes the client it stands for.
 func (p *Plane) newClient(id string, r Registration) (*client, error) {
 	probs := NewProblems(ErrInvalid, "client registration")
+	key := p.checkRegistration(id, r, probs)
+	if err := probs.Err(); err != nil {
+		return nil, err
+	}
+	return &client{id: id, key: key, addr: p.opts.Device.Addr(key), socks: r.Socks5(),
+		state: ClientUnknown, lastState: ClientUnknown,
+		egressSent: new(atomic.Uint64), egressReceived: new(atomic.Uint64)}, nil
+}
+
+// checkRegistration reports the problems of a registration and returns
+// its key.
+func (p *Plane) checkRegistration(id string, r Registration, probs *Problems) Key {
 	if err := CheckClientID(id); err != nil {
 		probs.Addf("ClientId", "%v", err)
 	} else if r.ClientId != "" && r.ClientId != id {
@@ -242,12 +255,7 @@ func (p *Plane) newClient(id string, r Registration) (*client, error) {
 	} else if key == p.opts.ServerKey {
 		probs.Addf("PublicKey", "is the server's own key")
 	}
-	if err := probs.Err(); err != nil {
-		return nil, err
-	}
-	return &client{id: id, key: key, addr: p.opts.Device.Addr(key), socks: r.Socks5(),
-		state: ClientUnknown, lastState: ClientUnknown,
-		egressSent: new(atomic.Uint64), egressReceived: new(atomic.Uint64)}, nil
+	return key
 }
 
 // add puts c in the maps; p.mu is held.
@@ -329,20 +337,13 @@ func (p *Plane) Tunnels() []forward.Tunnel { return p.opts.Gateway.Tunnels() }
 func (p *Plane) SetTunnels(ts []forward.Tunnel) ([]forward.Tunnel, error) {
 	p.opMu.Lock()
 	defer p.opMu.Unlock()
-	ts = slices.Clone(ts)
 	probs := NewProblems(ErrInvalid, "tunnel list")
-	for _, s := range forward.CheckTunnels(ts) {
-		probs.Add(s)
+	if len(ts) > forward.MaxTunnels {
+		forward.CheckTunnels(ts, probs) // says only that, without a copy
+		return nil, probs
 	}
-	p.mu.Lock()
-	for i, t := range ts {
-		for _, id := range t.Clients() {
-			if id != "" && p.clients[id] == nil {
-				probs.Addf(fmt.Sprintf("tunnels[%d]", i), "client %q is not registered", id)
-			}
-		}
-	}
-	p.mu.Unlock()
+	ts = slices.Clone(ts)
+	p.checkTunnels(ts, probs)
 	if err := probs.Err(); err != nil {
 		return nil, err
 	}
@@ -362,6 +363,41 @@ func (p *Plane) SetTunnels(ts []forward.Tunnel) ([]forward.Tunnel, error) {
 		return nil, err
 	}
 	return p.Tunnels(), nil
+}
+
+// CheckTunnels reports to probs every problem of a tunnel list that
+// SetTunnels would refuse without opening anything, and changes nothing:
+// for the management API, which checks what it could decode of a body
+// with JSON problems so that all are reported at once.
+func (p *Plane) CheckTunnels(ts []forward.Tunnel, probs *Problems) {
+	if len(ts) <= forward.MaxTunnels {
+		ts = slices.Clone(ts)
+	}
+	p.checkTunnels(ts, probs)
+}
+
+// checkTunnels normalizes ts in place and reports its problems: fields,
+// routes claimed twice, unregistered clients.
+func (p *Plane) checkTunnels(ts []forward.Tunnel, probs *Problems) {
+	forward.CheckTunnels(ts, probs)
+	if len(ts) > forward.MaxTunnels {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, t := range ts {
+		for _, id := range t.Clients() {
+			if id != "" && p.clients[id] == nil {
+				probs.Addf("tunnels["+strconv.Itoa(i)+"]", "client %q is not registered", id)
+			}
+		}
+	}
+}
+
+// CheckClient reports to probs every problem of a registration that
+// PutClient would refuse before changing anything, and changes nothing.
+func (p *Plane) CheckClient(id string, reg Registration, probs *Problems) {
+	p.checkRegistration(id, reg, probs)
 }
 
 // Clients reports every registered client.

@@ -454,6 +454,28 @@ func TestSetTunnelsListsEveryProblem(t *testing.T) {
 	}
 }
 
+// Issue 15's list of 340,000 empty tunnels is one problem; a list of
+// MaxTunnels bad ones is 20 problems and a count.
+func TestSetTunnelsHugeList(t *testing.T) {
+	h := newHarness(t, &memStore{}, reg("a", 1))
+	_, err := h.p.SetTunnels(make([]forward.Tunnel, 340_000))
+	var pe *Problems
+	if !errors.Is(err, ErrInvalid) || !errors.As(err, &pe) || pe.Len() != 1 || !strings.Contains(pe.Lines()[0], "at most 10000") {
+		t.Fatalf("SetTunnels(340,000 tunnels) = %v", err)
+	}
+	bad := make([]forward.Tunnel, forward.MaxTunnels)
+	for i := range bad {
+		bad[i] = tunnel(0, "ghost")
+	}
+	_, err = h.p.SetTunnels(bad)
+	if !errors.As(err, &pe) || len(pe.Lines()) != MaxProblems+1 || pe.Len() != 3*forward.MaxTunnels-1 || len(err.Error()) > 4096 {
+		t.Fatalf("SetTunnels(%d bad tunnels): %d lines, Len %d, %d bytes", forward.MaxTunnels, len(pe.Lines()), pe.Len(), len(err.Error()))
+	}
+	if len(h.p.Tunnels()) != 0 {
+		t.Fatal("a refused list changed the tunnels")
+	}
+}
+
 func TestPutClientSaveFailureUndoes(t *testing.T) {
 	store := &memStore{}
 	h := newHarness(t, store)

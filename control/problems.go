@@ -25,9 +25,15 @@ const MaxProblems = 20
 type Problems struct {
 	Kind error  // ErrInvalid, ErrNotFound or ErrConflict; ErrInvalid if nil
 	What string // what was refused, such as "server config" or "tunnel list"
-	list []string
+	list []item
 	more int
+	// faulted are fields whose JSON value could not be decoded: a check
+	// of the value decoded anyway would only repeat that, so problems
+	// with these fields (or inside them) are dropped.
+	faulted []string
 }
+
+type item struct{ field, text string }
 
 // NewProblems starts an empty list of problems of a kind.
 func NewProblems(kind error, what string) *Problems {
@@ -35,22 +41,43 @@ func NewProblems(kind error, what string) *Problems {
 }
 
 // Add records one problem.
-func (p *Problems) Add(problem string) {
+func (p *Problems) Add(problem string) { p.add("", problem) }
+
+func (p *Problems) add(field, text string) {
 	if len(p.list) >= MaxProblems {
 		p.more++
 		return
 	}
-	p.list = append(p.list, problem)
+	p.list = append(p.list, item{field, text})
 }
 
 // Addf records a problem with a field: "field: message".
 func (p *Problems) Addf(field, format string, args ...any) {
+	if p.isFaulted(field) {
+		return
+	}
 	if len(p.list) >= MaxProblems { // don't format what is only counted
 		p.more++
 		return
 	}
-	p.Add(field + ": " + fmt.Sprintf(format, args...))
+	p.add(field, field+": "+fmt.Sprintf(format, args...))
 }
+
+// fault marks a field whose value could not be decoded.
+func (p *Problems) fault(field string) { p.faulted = append(p.faulted, field) }
+
+func (p *Problems) isFaulted(field string) bool {
+	for _, f := range p.faulted {
+		if rest, ok := strings.CutPrefix(field, f); ok && (rest == "" || rest[0] == '.' || rest[0] == '[') {
+			return true
+		}
+	}
+	return false
+}
+
+// unlisted is an error standing for problems another bounded list only
+// counted (forward's "and N more"): they are counted here too.
+type unlisted interface{ Unlisted() int }
 
 // AddErr records err, one problem for each error joined in it (as
 // errors.Join makes) and its Problems' items, if it is one.
@@ -59,10 +86,14 @@ func (p *Problems) AddErr(err error) {
 	switch {
 	case err == nil:
 	case errors.As(err, &pe) && pe != p:
-		for _, s := range pe.list {
-			p.Add(s)
+		for _, it := range pe.list {
+			if !p.isFaulted(it.field) || it.field == "" {
+				p.add(it.field, it.text)
+			}
 		}
 		p.more += pe.more
+	case isUnlisted(err):
+		p.more += err.(unlisted).Unlisted()
 	default:
 		if j, ok := err.(interface{ Unwrap() []error }); ok {
 			for _, e := range j.Unwrap() {
@@ -72,6 +103,11 @@ func (p *Problems) AddErr(err error) {
 		}
 		p.Add(err.Error())
 	}
+}
+
+func isUnlisted(err error) bool {
+	_, ok := err.(unlisted)
+	return ok
 }
 
 // Len is how many problems there are, listed or only counted.
@@ -87,7 +123,10 @@ func (p *Problems) Err() error {
 
 // Lines lists the problems, the last line saying how many more there were.
 func (p *Problems) Lines() []string {
-	out := append([]string(nil), p.list...)
+	out := make([]string, 0, len(p.list)+1)
+	for _, it := range p.list {
+		out = append(out, it.text)
+	}
 	if p.more > 0 {
 		out = append(out, fmt.Sprintf("and %d more", p.more))
 	}

@@ -1,7 +1,6 @@
 package control
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/thresholdtunnel/threshold/atomicfile"
 	"github.com/thresholdtunnel/threshold/forward"
@@ -57,6 +57,11 @@ func (f FileStore) Load() (Saved, bool, error) {
 		return Saved{}, false, fmt.Errorf("reading state file %s: %w", path, err)
 	}
 	defer file.Close()
+	// A regular file's size says it all, without reading a byte; the
+	// limit on the read covers the rest (and a file growing meanwhile).
+	if st, err := file.Stat(); err == nil && st.Mode().IsRegular() && st.Size() > maxStateBytes {
+		return Saved{}, false, fmt.Errorf("state file %s is larger than %d bytes (%d); it was left untouched", path, maxStateBytes, st.Size())
+	}
 	data, err := io.ReadAll(io.LimitReader(file, maxStateBytes+1))
 	if err != nil {
 		return Saved{}, false, fmt.Errorf("reading state file %s: %w", path, err)
@@ -65,14 +70,9 @@ func (f FileStore) Load() (Saved, bool, error) {
 		return Saved{}, false, fmt.Errorf("state file %s is larger than %d bytes; it was left untouched", path, maxStateBytes)
 	}
 	var s Saved
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	err = dec.Decode(&s)
-	if _, after := dec.Token(); err == nil && !errors.Is(after, io.EOF) {
-		err = errors.New("data after the JSON value")
-	}
-	if err != nil {
-		return Saved{}, false, fmt.Errorf("state file %s is corrupt (%w); it was left untouched: restore it from a backup or move it away to start empty", path, err)
+	probs := NewProblems(ErrInvalid, "state file")
+	if (JSON{}).Decode(data, &s, probs); probs.Len() > 0 {
+		return Saved{}, false, fmt.Errorf("state file %s is corrupt (%s); it was left untouched: restore it from a backup or move it away to start empty", path, strings.Join(probs.Lines(), "; "))
 	}
 	if s.Version != stateVersion {
 		return Saved{}, false, fmt.Errorf("state file %s has version %d, this threshold reads version %d; it was left untouched", path, s.Version, stateVersion)

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"sort"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,7 +20,14 @@ type ConnectorConfig struct {
 	// Services maps a service name to the local host:port it stands for.
 	// The server can only ever reach these addresses.
 	Services map[string]string
-	Logger   *slog.Logger // required
+	// ServiceProxy is the client's own choice of PROXY header (0 none, 1
+	// or 2) for the services it names; the others get what the server
+	// asks for (see proxychoice.go).
+	ServiceProxy map[string]int
+	// Sources decides which source addresses the server may report when
+	// a backend gets a PROXY header.
+	Sources SourcePolicy
+	Logger  *slog.Logger // required
 	// Dial connects to services; a net.Dialer by default.
 	Dial BackendDialFunc
 	// HeaderTimeout bounds reading a request; DialTimeout bounds
@@ -37,6 +45,9 @@ type Connector struct {
 	cfg  ConnectorConfig
 	log  *slog.Logger
 	life lifecycle
+
+	refused    atomic.Uint64 // requests refused by the PROXY policy
+	logRefused *throttle
 }
 
 // NewConnector checks the service map and returns a Connector.
@@ -54,10 +65,19 @@ func NewConnector(cfg ConnectorConfig) (*Connector, error) {
 			errs = append(errs, fmt.Errorf("service %q: %w", name, err))
 		}
 	}
+	for name, v := range cfg.ServiceProxy {
+		if _, ok := cfg.Services[name]; !ok {
+			errs = append(errs, fmt.Errorf("ServiceProxy names %q, which is not a service", name))
+		}
+		if v < 0 || v > 2 {
+			errs = append(errs, fmt.Errorf("service %q: PROXY version %d is not 0, 1 or 2", name, v))
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	cfg.Services = maps.Clone(cfg.Services)
+	cfg.ServiceProxy = maps.Clone(cfg.ServiceProxy)
 	if cfg.Dial == nil {
 		var d net.Dialer
 		cfg.Dial = d.DialContext
@@ -69,7 +89,7 @@ func NewConnector(cfg ConnectorConfig) (*Connector, error) {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
 	cfg.Timeouts = cfg.Timeouts.withDefaults()
-	c := &Connector{cfg: cfg, log: cfg.Logger}
+	c := &Connector{cfg: cfg, log: cfg.Logger, logRefused: newThrottle()}
 	c.life.init(cfg.Logger)
 	return c, nil
 }
@@ -119,6 +139,16 @@ func (c *Connector) handle(conn net.Conn) {
 		s.close()
 		return
 	}
+	chosen, own := c.cfg.ServiceProxy[req.Service]
+	req.BackendProxyProtocol, err = backendProxy(chosen, own, req.BackendProxyProtocol, req.Source, c.cfg.Sources)
+	if err != nil {
+		n := c.refused.Add(1)
+		c.logRefused.log(log, slog.LevelWarn, "tunneled connection refused", "err", err, "refused_total", n)
+		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = conn.Write([]byte{byte(StatusRefused)})
+		s.close()
+		return
+	}
 	ctx, cancel := context.WithTimeout(c.life.ctx, c.cfg.DialTimeout)
 	backend, err := c.cfg.Dial(ctx, "tcp", addr)
 	cancel()
@@ -148,6 +178,14 @@ func (c *Connector) handle(conn net.Conn) {
 
 // Live reports how many tunneled connections are open.
 func (c *Connector) Live() int { return c.life.live.count() }
+
+// CloseAll closes every tunneled connection, for when the server they
+// came from is gone (it restarted), and returns how many there were.
+func (c *Connector) CloseAll() int { return c.life.live.closeAll() }
+
+// Refused reports how many requests the PROXY policy refused (a header
+// the client turned off, a source it does not believe).
+func (c *Connector) Refused() uint64 { return c.refused.Load() }
 
 // Close stops every Serve, closes every connection and waits. Idempotent.
 func (c *Connector) Close() error {

@@ -359,3 +359,90 @@ func TestConnectorCloseWaitsForHandlers(t *testing.T) {
 		t.Errorf("Live() = %d after Close", n)
 	}
 }
+
+// Issue 15: the server decided what the backend believed. Now a source
+// the client does not believe is refused whenever a header would be sent,
+// and a service with its own choice gets that header whatever the server
+// asks.
+func TestConnectorProxyPolicy(t *testing.T) {
+	req := func(src string, asked int) Request {
+		r := ftRequest("echo", asked)
+		r.Source = netip.MustParseAddrPort(src)
+		return r
+	}
+	cases := []struct {
+		name    string
+		chosen  *int // the client's choice; nil for the "host:port" form
+		allow   []netip.Prefix
+		req     Request
+		want    Status
+		backend int // the PROXY version the backend must get
+	}{
+		// The string form: the server decides, but its sources are checked.
+		{"as asked, public source", nil, nil, req("203.0.113.9:4444", 1), StatusOK, 1},
+		{"as asked, loopback source", nil, nil, req("127.0.0.1:4444", 1), StatusRefused, 0},
+		{"as asked, private source", nil, nil, req("192.168.1.10:4444", 2), StatusRefused, 0},
+		{"as asked, link-local source", nil, nil, req("[fe80::1]:4444", 2), StatusRefused, 0},
+		{"as asked, tunnel source", nil, nil, req("[fd74:6872:6573::1]:4444", 2), StatusRefused, 0},
+		{"as asked, 6to4 of loopback", nil, nil, req("[2002:7f00:1::1]:4444", 2), StatusRefused, 0},
+		{"as asked, allowed private source", nil, []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")}, req("192.168.1.10:4444", 1), StatusOK, 1},
+		{"no header, any source", nil, nil, req("127.0.0.1:4444", 0), StatusOK, 0},
+		// The object form: the client's choice.
+		{"client says none, server asks v1", ptr(0), nil, req("203.0.113.9:4444", 1), StatusRefused, 0},
+		{"client says none, server asks none", ptr(0), nil, req("127.0.0.1:4444", 0), StatusOK, 0},
+		{"client wants v2, server asks none", ptr(2), nil, req("203.0.113.9:4444", 0), StatusOK, 2},
+		{"client wants v1, server asks v2", ptr(1), nil, req("203.0.113.9:4444", 2), StatusOK, 1},
+		{"client wants v2, loopback source", ptr(2), nil, req("127.0.0.1:4444", 0), StatusRefused, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ftCheckGoroutines(t)
+			be := ftStartBackend(t, tc.backend != 0, "")
+			conn, addr := ftStartConnector(t, map[string]string{"echo": be.addr}, func(c *ConnectorConfig) {
+				c.Sources = SourcePolicy{Allow: tc.allow, TunnelPrefix: netip.MustParsePrefix("fd74:6872:6573::/48")}
+				if tc.chosen != nil {
+					c.ServiceProxy = map[string]int{"echo": *tc.chosen}
+				}
+			})
+			// A hostile server's own PROXY line at the start of the
+			// stream: with a header of the client's, it is only data.
+			const injected = "PROXY TCP4 127.0.0.1 127.0.0.1 1 2\r\n"
+			c, st := ftAsk(t, addr, tc.req, injected)
+			if st != tc.want {
+				t.Fatalf("status %d, want %d", st, tc.want)
+			}
+			if st != StatusOK {
+				if conn.Refused() != 1 {
+					t.Errorf("Refused() = %d", conn.Refused())
+				}
+				select {
+				case <-be.seen:
+					t.Error("a refused request reached the backend")
+				case <-time.After(50 * time.Millisecond):
+				}
+				return
+			}
+			seen := be.nextSeen(t)
+			if tc.backend != 0 {
+				if seen.header == nil || int(seen.header.Version) != tc.backend {
+					t.Fatalf("backend header %+v, want v%d", seen.header, tc.backend)
+				}
+				src, _, _ := seen.header.TCPAddrs()
+				if src.AddrPort() != tc.req.Source {
+					t.Errorf("backend told of %v, want %v", src, tc.req.Source)
+				}
+				ftReadExactly(t, c, []byte(injected)) // echoed as data
+			}
+		})
+	}
+}
+
+func ptr(v int) *int { return &v }
+
+func TestNewConnectorValidatesServiceProxy(t *testing.T) {
+	_, err := NewConnector(ConnectorConfig{Logger: ftLogger(), Services: map[string]string{"a": "127.0.0.1:1"},
+		ServiceProxy: map[string]int{"a": 3, "ghost": 1}})
+	if err == nil || !strings.Contains(err.Error(), `"a": PROXY version 3`) || !strings.Contains(err.Error(), `"ghost"`) {
+		t.Fatalf("%v", err)
+	}
+}

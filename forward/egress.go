@@ -114,7 +114,35 @@ type EgressConfig struct {
 	// reached the data phase, with the payload bytes the client sent to the
 	// destination and received from it. It must not block for long.
 	OnBytes func(clientID string, sent, received int64)
+	// Limits bound each client's sessions.
+	Limits EgressLimits
+	// Rejected, if set, is told each time a session is refused by Limits,
+	// with RejectSocksHandshakes or RejectSocksSessions.
+	Rejected func(reason string)
 }
+
+// EgressLimits bound the SOCKS5 sessions each client holds at once: a
+// client (or whatever runs on its host and reaches its SOCKS5 port) must
+// not take the server's goroutines and memory from the others. A session
+// over a limit is closed at once. Zero fields take their defaults.
+type EgressLimits struct {
+	// HandshakesPerClient bounds sessions not yet in the data phase: the
+	// greeting, request, resolution and dial (up to HandshakeTimeout plus
+	// DialTimeout each).
+	HandshakesPerClient int
+	// SessionsPerClient bounds all of a client's sessions, handshakes
+	// included.
+	SessionsPerClient int
+}
+
+// Default EgressLimits: a browser behind the proxy opens a few dozen
+// connections at once, a mail server fewer; a session costs the server two
+// goroutines and about 27 KB while it shakes hands (issue 15: 2,000 took
+// 54 MB).
+const (
+	DefaultSocksHandshakesPerClient = 64
+	DefaultSocksSessionsPerClient   = 1024
+)
 
 // Egress is the server side of SOCKS5 egress: it serves SOCKS5 sessions
 // arriving from clients and dials their destinations from the server.
@@ -125,6 +153,9 @@ type Egress struct {
 	log     *slog.Logger
 	resolve func(ctx context.Context, host string) ([]netip.Addr, error)
 	dial    func(ctx context.Context, network, address string) (net.Conn, error)
+
+	handshakes, sessions admission[string] // by client ID
+	logUnknown, logLimit *throttle
 
 	life lifecycle
 }
@@ -154,7 +185,19 @@ func NewEgress(cfg EgressConfig) (*Egress, error) {
 		cfg.DialTimeout = DefaultEgressDialTimeout
 	}
 	cfg.Timeouts = cfg.Timeouts.withDefaults()
-	e := &Egress{cfg: cfg, log: cfg.Logger, resolve: cfg.Resolve, dial: cfg.Dial}
+	if cfg.Limits.HandshakesPerClient <= 0 {
+		cfg.Limits.HandshakesPerClient = DefaultSocksHandshakesPerClient
+	}
+	if cfg.Limits.SessionsPerClient <= 0 {
+		cfg.Limits.SessionsPerClient = DefaultSocksSessionsPerClient
+	}
+	if cfg.Rejected == nil {
+		cfg.Rejected = func(string) {}
+	}
+	e := &Egress{cfg: cfg, log: cfg.Logger, resolve: cfg.Resolve, dial: cfg.Dial,
+		handshakes: admission[string]{perKey: cfg.Limits.HandshakesPerClient},
+		sessions:   admission[string]{perKey: cfg.Limits.SessionsPerClient},
+		logUnknown: newThrottle(), logLimit: newThrottle()}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}
@@ -194,6 +237,26 @@ func (e *Egress) ServeConn(clientID string, c net.Conn) error {
 		return ErrClosed
 	}
 	defer e.life.leave()
+
+	// The handshake slot first: a flood of handshakes is then refused
+	// without touching the session count, which it would otherwise fill
+	// for a moment with sessions being refused.
+	if why := e.handshakes.acquire(clientID); why != admitted {
+		return e.refuseLimit(clientID, c, RejectSocksHandshakes, e.cfg.Limits.HandshakesPerClient)
+	}
+	if why := e.sessions.acquire(clientID); why != admitted {
+		e.handshakes.release(clientID)
+		return e.refuseLimit(clientID, c, RejectSocksSessions, e.cfg.Limits.SessionsPerClient)
+	}
+	defer e.sessions.release(clientID)
+	handshaking := true
+	endHandshake := func() {
+		if handshaking {
+			handshaking = false
+			e.handshakes.release(clientID)
+		}
+	}
+	defer endHandshake()
 
 	s := &session{client: clientID}
 	if !e.life.live.start(s) {
@@ -243,6 +306,7 @@ func (e *Egress) ServeConn(clientID string, c net.Conn) error {
 		target.Close()
 		return fmt.Errorf("egress: clearing handshake deadline: %w", err)
 	}
+	endHandshake()
 
 	var m Meter
 	if e.cfg.Meter != nil {
@@ -258,6 +322,18 @@ func (e *Egress) ServeConn(clientID string, c net.Conn) error {
 		return ErrClosed
 	}
 	return res.Err
+}
+
+// ErrEgressLimit: a session was refused because its client holds as many
+// as EgressLimits allow.
+var ErrEgressLimit = errors.New("egress: session limit reached")
+
+// refuseLimit closes a session over a limit at once and says so.
+func (e *Egress) refuseLimit(clientID string, c net.Conn, reason string, limit int) error {
+	e.cfg.Rejected(reason)
+	e.logLimit.log(e.log, slog.LevelWarn, "egress: session refused: admission limit reached", "client", clientID, "limit", reason, "max", limit)
+	refuse(c)
+	return fmt.Errorf("%w: %s (%d)", ErrEgressLimit, reason, limit)
 }
 
 // handshake reads the greeting and request, resolves and checks the
@@ -537,7 +613,7 @@ func (e *Egress) Serve(ln net.Listener) error {
 		from := addrPortOf(c.RemoteAddr()) // nil after a failed connection
 		p, ok := e.cfg.Directory().ByAddr(from.Addr())
 		if !ok {
-			e.log.Info("egress: connection from an unknown peer refused", "from", addrString(c.RemoteAddr()))
+			e.logUnknown.log(e.log, slog.LevelInfo, "egress: connection from an unknown peer refused", "from", addrString(c.RemoteAddr()))
 			c.Close()
 			return
 		}

@@ -55,6 +55,8 @@ type GatewayConfig struct {
 	// Rejected, if set, is told each time a public connection is refused,
 	// with one of the Reject* reasons.
 	Rejected func(reason string)
+	// Limits bound what the internet can hold open.
+	Limits GatewayLimits
 
 	// UDP tunnels (udpgateway.go). ListenPacket opens their public sockets;
 	// the kernel's UDP by default.
@@ -69,6 +71,48 @@ type GatewayConfig struct {
 	// ObserveUDP, if set, is called once for each UDP tunnel's listener;
 	// the UDPObserver it returns meters that tunnel.
 	ObserveUDP func(t Tunnel) UDPObserver
+}
+
+// GatewayLimits bound the public connections held at once, in all and
+// per source (an IPv4 address, or an IPv6 /64), so that a flood from a
+// few hosts cannot take the server's memory, goroutines or the clients'
+// file descriptors from everyone else. A connection over a limit is
+// reset at once and counted under its Reject* reason. Zero fields take
+// their defaults.
+type GatewayLimits struct {
+	// Connections and ConnectionsPerSource bound live public connections,
+	// from accept to close, peeks included.
+	Connections, ConnectionsPerSource int
+	// Peeks and PeeksPerSource bound connections whose host name is being
+	// read (each holds a goroutine and up to 64 KiB for up to the peek
+	// timeout).
+	Peeks, PeeksPerSource int
+}
+
+// Default GatewayLimits. A connection held open costs the server about
+// 45 KB (BENCHMARKS.md: 90 KB for both ends), so 8,192 of them fit a
+// small VM; 256 per source leave room for a busy NAT while four hosts
+// alone hold an eighth of the total. A peek ends within one round trip
+// for any real client, so few are ever in progress: 32 per source and 512
+// in all only bound floods of silent or slow connections.
+const (
+	DefaultMaxConnections          = 8192
+	DefaultMaxConnectionsPerSource = 256
+	DefaultMaxPeeks                = 512
+	DefaultMaxPeeksPerSource       = 32
+)
+
+func (l GatewayLimits) withDefaults() GatewayLimits {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&l.Connections, DefaultMaxConnections)
+	def(&l.ConnectionsPerSource, DefaultMaxConnectionsPerSource)
+	def(&l.Peeks, DefaultMaxPeeks)
+	def(&l.PeeksPerSource, DefaultMaxPeeksPerSource)
+	return l
 }
 
 // ConnObserver meters one proxied connection.
@@ -87,10 +131,20 @@ const (
 	RejectNoClient           = "client_unreachable"  // no client of the tunnel connected or answering
 	RejectUnknownService     = "unknown_service"     // the client has no such service
 	RejectBackendUnreachable = "backend_unreachable" // the client could not reach its service
+	RejectClientRefused      = "client_refused"      // the client's PROXY policy refused it
+
+	// Admission limits (GatewayLimits, EgressLimits).
+	RejectConnections          = "limit_connections"            // GatewayLimits.Connections
+	RejectConnectionsPerSource = "limit_connections_per_source" // GatewayLimits.ConnectionsPerSource
+	RejectPeeks                = "limit_peeks"                  // GatewayLimits.Peeks
+	RejectPeeksPerSource       = "limit_peeks_per_source"       // GatewayLimits.PeeksPerSource
+	RejectSocksHandshakes      = "limit_socks5_handshakes"      // EgressLimits.HandshakesPerClient
+	RejectSocksSessions        = "limit_socks5_sessions"        // EgressLimits.SessionsPerClient
 )
 
 // RejectReasons lists every Reject* reason, for metrics that show each at 0.
-var RejectReasons = []string{RejectNoHostname, RejectNoRoute, RejectNoClient, RejectUnknownService, RejectBackendUnreachable}
+var RejectReasons = []string{RejectNoHostname, RejectNoRoute, RejectNoClient, RejectUnknownService, RejectBackendUnreachable, RejectClientRefused,
+	RejectConnections, RejectConnectionsPerSource, RejectPeeks, RejectPeeksPerSource, RejectSocksHandshakes, RejectSocksSessions}
 
 // DefaultDialTimeout bounds a dial through the tunnel.
 const DefaultDialTimeout = 5 * time.Second
@@ -102,6 +156,10 @@ type Gateway struct {
 	cfg  GatewayConfig
 	log  *slog.Logger
 	life lifecycle
+
+	live, peeks admission[netip.Prefix] // by sourceKey
+	// Throttled logs of what anyone on the internet can cause.
+	logPeek, logRoute, logNoClient, logLimit *throttle
 
 	changeMu  sync.Mutex // held from Prepare to Commit or Abort
 	mu        sync.Mutex
@@ -158,7 +216,11 @@ func NewGateway(cfg GatewayConfig) (*Gateway, error) {
 		cfg.TunnelMTU = DefaultTunnelMTU
 	}
 	cfg.Timeouts = cfg.Timeouts.withDefaults()
-	g := &Gateway{cfg: cfg, log: cfg.Logger, listeners: make(map[string]*listener), udp: make(map[string]*udpListener)}
+	cfg.Limits = cfg.Limits.withDefaults()
+	g := &Gateway{cfg: cfg, log: cfg.Logger, listeners: make(map[string]*listener), udp: make(map[string]*udpListener),
+		live:    admission[netip.Prefix]{max: cfg.Limits.Connections, perKey: cfg.Limits.ConnectionsPerSource},
+		peeks:   admission[netip.Prefix]{max: cfg.Limits.Peeks, perKey: cfg.Limits.PeeksPerSource},
+		logPeek: newThrottle(), logRoute: newThrottle(), logNoClient: newThrottle(), logLimit: newThrottle()}
 	g.life.init(cfg.Logger)
 	return g, nil
 }
@@ -231,12 +293,9 @@ func (c *Change) Tunnels() []Tunnel { return slices.Clone(c.ts) }
 // joining one error per problem, each wrapping ErrInvalid or ErrListen.
 func (g *Gateway) Prepare(ts []Tunnel) (*Change, error) {
 	ts = slices.Clone(ts)
-	if problems := CheckTunnels(ts); len(problems) > 0 {
-		errs := make([]error, len(problems))
-		for i, p := range problems {
-			errs[i] = &problem{kind: ErrInvalid, msg: p}
-		}
-		return nil, errors.Join(errs...)
+	var probs problemList
+	if CheckTunnels(ts, &probs); len(probs.list) > 0 {
+		return nil, errors.Join(probs.errs(ErrInvalid)...)
 	}
 	g.changeMu.Lock()
 	if !g.life.up() {
@@ -493,6 +552,11 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 		public.Close()
 		return
 	}
+	src := sourceKey(public.RemoteAddr())
+	if !g.admit(&g.live, src, public, RejectConnections, RejectConnectionsPerSource) {
+		return
+	}
+	defer g.live.release(src)
 	s := &session{}
 	if !g.life.live.start(s) {
 		public.Close()
@@ -502,9 +566,13 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 	if !s.add(public) {
 		return
 	}
-	t, conn, reason := g.route(*routes, public)
+	t, conn, reason := g.route(*routes, public, src)
 	if reason != "" {
-		g.cfg.Rejected(reason)
+		if reason != admissionRefused {
+			g.cfg.Rejected(reason)
+		} else {
+			refuse(public)
+		}
 		s.close()
 		return
 	}
@@ -530,13 +598,18 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 // tunnel needs no peeking; otherwise the TLS server name or HTTP Host is
 // peeked (and replayed unchanged through the returned conn) and the most
 // specific matching glob wins.
-func (g *Gateway) route(routes []Tunnel, c net.Conn) (Tunnel, net.Conn, string) {
+func (g *Gateway) route(routes []Tunnel, c net.Conn, src netip.Prefix) (Tunnel, net.Conn, string) {
 	if len(routes) == 1 && routes[0].ListenHostnameGlob == "*" {
 		return routes[0], c, ""
 	}
+	// admit counts its refusal itself; handle resets the connection.
+	if !g.admit(&g.peeks, src, nil, RejectPeeks, RejectPeeksPerSource) {
+		return Tunnel{}, nil, admissionRefused
+	}
 	host, proto, replay, err := sniff.Hostname(c, g.cfg.PeekTimeout, sniff.DefaultMaxBytes)
+	g.peeks.release(src)
 	if err != nil {
-		g.log.Info("connection dropped: no host name could be read", "from", addrString(c.RemoteAddr()), "err", err)
+		g.logPeek.log(g.log, slog.LevelInfo, "connection dropped: no host name could be read", "from", addrString(c.RemoteAddr()), "err", err)
 		return Tunnel{}, nil, RejectNoHostname
 	}
 	globs := make([]string, len(routes))
@@ -545,10 +618,34 @@ func (g *Gateway) route(routes []Tunnel, c net.Conn) (Tunnel, net.Conn, string) 
 	}
 	i, ok := sniff.Pick(globs, host)
 	if !ok {
-		g.log.Info("connection dropped: no tunnel for this host name", "from", addrString(c.RemoteAddr()), "host", host, "protocol", proto.String())
+		g.logRoute.log(g.log, slog.LevelInfo, "connection dropped: no tunnel for this host name", "from", addrString(c.RemoteAddr()), "host", host, "protocol", proto.String())
 		return Tunnel{}, nil, RejectNoRoute
 	}
 	return routes[i], replay, ""
+}
+
+// admissionRefused is route's reason when a limit refused the connection
+// (already counted by admit).
+const admissionRefused = "-"
+
+// admit takes a slot of a for a connection from src, or refuses it: it
+// counts the refusal under its reason, logs it (throttled) and, if c is
+// not nil, resets c.
+func (g *Gateway) admit(a *admission[netip.Prefix], src netip.Prefix, c net.Conn, total, perSource string) bool {
+	why := a.acquire(src)
+	if why == admitted {
+		return true
+	}
+	reason, limit := total, a.max
+	if why == overKey {
+		reason, limit = perSource, a.perKey
+	}
+	g.cfg.Rejected(reason)
+	g.logLimit.log(g.log, slog.LevelWarn, "connection refused: admission limit reached", "limit", reason, "max", limit, "source", src.String())
+	if c != nil {
+		refuse(c)
+	}
+	return false
 }
 
 // addrString prints an address for logs; gonet and the kernel may give a

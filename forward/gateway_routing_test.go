@@ -148,7 +148,7 @@ func TestTunnelClientIdsValidation(t *testing.T) {
 		tt := base
 		tc.mod(&tt)
 		tt.Normalize()
-		if p := fmt.Sprint(tt.Problems("t")); !strings.Contains(p, tc.want) {
+		if p := fmt.Sprint(problemsOf(tt, "t")); !strings.Contains(p, tc.want) {
 			t.Errorf("%+v: problems %s, want %q", tt, p, tc.want)
 		}
 	}
@@ -156,7 +156,7 @@ func TestTunnelClientIdsValidation(t *testing.T) {
 	ok.ClientIds = []string{"a", "b"}
 	ok.ActiveClientId = "ignored on input"
 	ok.Normalize()
-	if p := ok.Problems("t"); len(p) != 0 || ok.ActiveClientId != "" || !reflect.DeepEqual(ok.Clients(), []string{"a", "b"}) {
+	if p := problemsOf(ok, "t"); len(p) != 0 || ok.ActiveClientId != "" || !reflect.DeepEqual(ok.Clients(), []string{"a", "b"}) {
 		t.Errorf("valid failover tunnel: %v %+v", p, ok)
 	}
 }

@@ -112,10 +112,14 @@ func (b *ftBackend) nextSeen(t *testing.T) ftSeen {
 	panic("unreachable")
 }
 
+// ftLoopbackSources lets the tests' senders on loopback be told of in
+// PROXY headers, which a client refuses by default.
+var ftLoopbackSources = SourcePolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}}
+
 // ftStartConnector runs a Connector on a loopback listener.
 func ftStartConnector(t *testing.T, services map[string]string, mod func(*ConnectorConfig)) (*Connector, string) {
 	t.Helper()
-	cfg := ConnectorConfig{Services: services, Logger: ftLogger()}
+	cfg := ConnectorConfig{Services: services, Logger: ftLogger(), Sources: ftLoopbackSources}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -520,7 +524,7 @@ func (l *ftPipeListener) dial(ctx context.Context, _ netip.AddrPort) (net.Conn, 
 func TestGatewayOverPipe(t *testing.T) {
 	ftCheckGoroutines(t)
 	be := ftStartBackend(t, true, "")
-	conn, err := NewConnector(ConnectorConfig{Services: map[string]string{"echo": be.addr}, Logger: ftLogger()})
+	conn, err := NewConnector(ConnectorConfig{Services: map[string]string{"echo": be.addr}, Logger: ftLogger(), Sources: ftLoopbackSources})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -299,6 +299,9 @@ func (ss *sessions) closeMatching(match func(*session) bool) int {
 	return len(victims)
 }
 
+// closeAll closes every live session and returns how many there were.
+func (ss *sessions) closeAll() int { return ss.closeMatching(func(*session) bool { return true }) }
+
 // shutdown closes every session and refuses new ones.
 func (ss *sessions) shutdown() {
 	ss.mu.Lock()

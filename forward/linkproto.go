@@ -24,7 +24,11 @@ import (
 // not wait for the status before sending: it only gates the reply path.
 //
 // Liveness: each client sends a heartbeat Ping to the server's
-// HeartbeatPort every second; the server echoes it unchanged.
+// HeartbeatPort every second; the server echoes it with its instance (a
+// random number it picks at start) in the last four bytes, so a client
+// learns that the server restarted, and with it every tunneled connection
+// it holds for the server is dead, however short the restart was. (An
+// older server echoes the ping unchanged: instance 0, nothing learned.)
 //
 // SOCKS5 egress: the client relays its local SOCKS5 port to the server's
 // SocksPort.
@@ -57,6 +61,13 @@ func Ping(seq uint64) []byte {
 // IsPing reports whether b is a heartbeat.
 func IsPing(b []byte) bool { return len(b) == PingLen && [4]byte(b[:4]) == pingMagic }
 
+// SetPingInstance writes the server's instance into a heartbeat echo.
+func SetPingInstance(b []byte, instance uint32) { binary.BigEndian.PutUint32(b[12:], instance) }
+
+// PingInstance is the server instance a heartbeat echo carries; 0 for
+// none.
+func PingInstance(b []byte) uint32 { return binary.BigEndian.Uint32(b[12:]) }
+
 // Request is what the server tells the client about one connection.
 type Request struct {
 	Service string
@@ -79,6 +90,7 @@ const (
 	StatusUnknownService
 	StatusBackendUnreachable
 	StatusBadRequest
+	StatusRefused // by the client's PROXY policy
 )
 
 var (
@@ -101,6 +113,8 @@ func (s Status) Err() error {
 		return ErrBackendUnreachable
 	case StatusBadRequest:
 		return ErrBadRequest
+	case StatusRefused:
+		return ErrRefused
 	}
 	return fmt.Errorf("%w: unknown status %d", ErrBadRequest, s)
 }
@@ -111,6 +125,8 @@ func statusFor(err error) Status {
 		return StatusUnknownService
 	case errors.Is(err, ErrBackendUnreachable):
 		return StatusBackendUnreachable
+	case errors.Is(err, ErrRefused):
+		return StatusRefused
 	}
 	return StatusBadRequest
 }
@@ -182,6 +198,14 @@ func ReadRequest(c net.Conn, timeout time.Duration) (*proxyproto.Conn, Request, 
 func parseRequest(h *proxyproto.Header) (Request, error) {
 	if h.Version != 2 {
 		return Request{}, fmt.Errorf("PROXY version %d, want 2", h.Version)
+	}
+	// A LOCAL header carries no connection; addresses it may hold anyway
+	// mean nothing. Only PROXY over TCP is a request.
+	if h.Command != proxyproto.PROXY {
+		return Request{}, fmt.Errorf("PROXY command %#x, want PROXY", byte(h.Command))
+	}
+	if h.TransportProtocol != proxyproto.TCPv4 && h.TransportProtocol != proxyproto.TCPv6 {
+		return Request{}, fmt.Errorf("PROXY transport %#x, want TCP", byte(h.TransportProtocol))
 	}
 	src, dst, ok := h.TCPAddrs()
 	if !ok {

@@ -3,6 +3,7 @@ package forward
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -126,16 +127,19 @@ func TestReadRequestRejects(t *testing.T) {
 	svc := proxyproto.TLV{Type: tlvService, Value: []byte("web")}
 	v := func(b ...byte) proxyproto.TLV { return proxyproto.TLV{Type: tlvBackendProxy, Value: b} }
 	cases := map[string][]byte{
-		"missing service":               rawHeader(t, 2, src, dst, []proxyproto.TLV{v(0)}),
-		"empty service":                 rawHeader(t, 2, src, dst, []proxyproto.TLV{{Type: tlvService, Value: []byte{}}, v(0)}),
-		"missing backend version":       rawHeader(t, 2, src, dst, []proxyproto.TLV{svc}),
-		"backend version 3":             rawHeader(t, 2, src, dst, []proxyproto.TLV{svc, v(3)}),
-		"backend version of two bytes":  rawHeader(t, 2, src, dst, []proxyproto.TLV{svc, v(1, 0)}),
-		"no TLVs":                       rawHeader(t, 2, src, dst, nil),
-		"PROXY v1 header":               rawHeader(t, 1, src, dst, nil),
-		"PROXY v1 text":                 []byte("PROXY TCP4 192.0.2.1 192.0.2.2 1000 80\r\nrest"),
-		"UDP header":                    rawHeader(t, 2, &net.UDPAddr{IP: src.IP, Port: 1}, &net.UDPAddr{IP: dst.IP, Port: 2}, []proxyproto.TLV{svc, v(0)}),
-		"LOCAL header":                  localHeader(t),
+		"missing service":              rawHeader(t, 2, src, dst, []proxyproto.TLV{v(0)}),
+		"empty service":                rawHeader(t, 2, src, dst, []proxyproto.TLV{{Type: tlvService, Value: []byte{}}, v(0)}),
+		"missing backend version":      rawHeader(t, 2, src, dst, []proxyproto.TLV{svc}),
+		"backend version 3":            rawHeader(t, 2, src, dst, []proxyproto.TLV{svc, v(3)}),
+		"backend version of two bytes": rawHeader(t, 2, src, dst, []proxyproto.TLV{svc, v(1, 0)}),
+		"no TLVs":                      rawHeader(t, 2, src, dst, nil),
+		"PROXY v1 header":              rawHeader(t, 1, src, dst, nil),
+		"PROXY v1 text":                []byte("PROXY TCP4 192.0.2.1 192.0.2.2 1000 80\r\nrest"),
+		"UDP header":                   rawHeader(t, 2, &net.UDPAddr{IP: src.IP, Port: 1}, &net.UDPAddr{IP: dst.IP, Port: 2}, []proxyproto.TLV{svc, v(0)}),
+		"LOCAL header":                 localHeader(t),
+		// Issue 15: LOCAL with TCP addresses and a full request's TLVs
+		// was taken as a request.
+		"LOCAL header with a request":   withCommand(t, rawHeader(t, 2, src, dst, []proxyproto.TLV{svc, v(1)}), proxyproto.LOCAL),
 		"garbage":                       []byte("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"),
 		"binary garbage":                bytes.Repeat([]byte{0xff, 0x00}, 64),
 		"truncated v2 header":           rawHeader(t, 2, src, dst, []proxyproto.TLV{svc, v(0)})[:20],
@@ -171,6 +175,15 @@ func TestReadRequestRejects(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withCommand sets the command of a PROXY v2 header (its 13th byte's low
+// nibble), leaving addresses and TLVs as they are.
+func withCommand(t *testing.T, b []byte, cmd proxyproto.ProtocolVersionAndCommand) []byte {
+	t.Helper()
+	b = append([]byte{}, b...)
+	b[12] = b[12]&0xf0 | byte(cmd)&0x0f
+	return b
 }
 
 func localHeader(t *testing.T) []byte {
@@ -341,7 +354,8 @@ func TestStatusErr(t *testing.T) {
 		{StatusUnknownService, ErrUnknownService},
 		{StatusBackendUnreachable, ErrBackendUnreachable},
 		{StatusBadRequest, ErrBadRequest},
-		{Status(4), ErrBadRequest},
+		{StatusRefused, ErrRefused},
+		{Status(5), ErrBadRequest},
 		{Status(255), ErrBadRequest},
 	}
 	for _, c := range cases {
@@ -475,5 +489,16 @@ func TestAddrPair(t *testing.T) {
 		if s.String() != c.wantSrc || d.String() != c.wantDst {
 			t.Errorf("addrPair(%v, %v) = %v, %v; want %v, %v", c.src, c.dst, s, d, c.wantSrc, c.wantDst)
 		}
+	}
+}
+
+func TestPingInstance(t *testing.T) {
+	p := Ping(7)
+	if !IsPing(p) || PingInstance(p) != 0 {
+		t.Fatalf("a ping carries instance %d", PingInstance(p))
+	}
+	SetPingInstance(p, 0xdeadbeef)
+	if !IsPing(p) || PingInstance(p) != 0xdeadbeef || binary.BigEndian.Uint64(p[4:]) != 7 {
+		t.Fatalf("echo % x", p)
 	}
 }

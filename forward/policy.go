@@ -39,8 +39,10 @@ var ErrEgressDenied = errors.New("egress denied")
 // 255.255.255.255), ::/96 (unspecified, loopback and the deprecated
 // IPv4-compatible block), fc00::/7 (ULA), fe80::/10 (link-local),
 // fec0::/10 (deprecated site-local) and ff00::/8 (multicast). IPv4-mapped
-// IPv6 addresses are checked as the IPv4 address they carry, and so are
-// addresses in the NAT64 well-known prefix 64:ff9b::/96. Documentation
+// IPv6 addresses are checked as the IPv4 address they carry; an IPv6
+// address of a transition form that embeds an IPv4 address (NAT64, 6to4,
+// ISATAP, Teredo: see embeddedIPv4) is denied when that IPv4 address would
+// be, by the built-in list, DenyCIDRs or the server's own. Documentation
 // ranges (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32) are
 // deliberately not on the list.
 //
@@ -72,6 +74,11 @@ type EgressPolicy struct {
 	// loopback in disguise, past host firewalls. Denied like the built-in
 	// ranges (AllowCIDRs may make an exception).
 	LocalAddrs []netip.Addr
+	// Self, if set, is asked for the server's own addresses on every
+	// Check, denied as LocalAddrs are: addresses come and go (IPv6 privacy
+	// addresses, DHCP, a floating IP), so a list read at start goes stale.
+	// SelfAddrs.Addrs is one, cached for a second.
+	Self func() []netip.Addr
 }
 
 // builtinDeny is the default deny list, with the reason reported for each.
@@ -97,9 +104,70 @@ var builtinDeny = []struct {
 	{netip.MustParsePrefix("ff00::/8"), "multicast (ff00::/8)"},
 }
 
-// nat64Prefix is the NAT64 well-known prefix (RFC 6052); an address in it
-// stands for the IPv4 address in its last 32 bits.
-var nat64Prefix = netip.MustParsePrefix("64:ff9b::/96")
+// Transition forms: IPv6 addresses that stand for an IPv4 address, which
+// a host or its network may turn into IPv4 packets to that address.
+var (
+	nat64Prefix      = netip.MustParsePrefix("64:ff9b::/96")   // RFC 6052 well-known prefix
+	nat64LocalPrefix = netip.MustParsePrefix("64:ff9b:1::/48") // RFC 8215 local-use prefix
+	sixToFourPrefix  = netip.MustParsePrefix("2002::/16")      // RFC 3056 6to4
+	teredoPrefix     = netip.MustParsePrefix("2001::/32")      // RFC 4380 Teredo
+)
+
+type embedded struct {
+	form string
+	v4   netip.Addr
+}
+
+// embeddedIPv4 lists the IPv4 addresses an IPv6 address a stands for:
+//
+//   - 6to4 (2002::/16, the IPv4 in bits 16-47) and ISATAP (an interface
+//     ID of [02]00:5efe plus the IPv4, under any prefix): Linux's sit
+//     driver turns both into IPv4 packets to that address, as it does
+//     IPv4-compatible addresses (::/96, denied whole by the built-in list);
+//   - NAT64 (64:ff9b::/96, and 64:ff9b:1::/48 at each RFC 6052 prefix
+//     length that fits in it, 48, 56, 64 and 96, as its operator may use
+//     any): a translator on the server's network (Jool, Tayga) sends to
+//     the IPv4 address;
+//   - Teredo (2001::/32: the Teredo server's IPv4 in bits 32-63, the
+//     client's, inverted, in the last 32): a relay such as miredo on the
+//     server would send to them.
+//
+// 6rd is not covered: its prefix and the bits it takes are the
+// operator's own configuration (a 6rd site denies its prefix with
+// Socks5DenyCIDRs). IPv4-mapped addresses are unmapped before any check.
+func embeddedIPv4(a netip.Addr) []embedded {
+	if !a.Is6() || a.Is4In6() {
+		return nil
+	}
+	b := a.As16()
+	v4 := func(o ...int) netip.Addr { return netip.AddrFrom4([4]byte{b[o[0]], b[o[1]], b[o[2]], b[o[3]]}) }
+	var out []embedded
+	switch {
+	case nat64Prefix.Contains(a):
+		out = append(out, embedded{"NAT64", v4(12, 13, 14, 15)})
+	case nat64LocalPrefix.Contains(a):
+		// RFC 6052 section 2.2: the IPv4 address around the u octet (8),
+		// wherever the operator's prefix ends. Which it is cannot be told
+		// from the address, so each is checked (conservatively: one
+		// denied is enough), but for those in 0.0.0.0/8, which are what
+		// the zero bits of a longer prefix read as, and which no
+		// translator sends to.
+		for _, c := range []netip.Addr{v4(6, 7, 9, 10), v4(7, 9, 10, 11), v4(9, 10, 11, 12), v4(12, 13, 14, 15)} {
+			if c.As4()[0] != 0 {
+				out = append(out, embedded{"NAT64", c})
+			}
+		}
+	case sixToFourPrefix.Contains(a):
+		out = append(out, embedded{"6to4", v4(2, 3, 4, 5)})
+	case teredoPrefix.Contains(a):
+		client := netip.AddrFrom4([4]byte{^b[12], ^b[13], ^b[14], ^b[15]})
+		out = append(out, embedded{"Teredo server", v4(4, 5, 6, 7)}, embedded{"Teredo client", client})
+	}
+	if b[8]|0x02 == 0x02 && b[9] == 0 && b[10] == 0x5e && b[11] == 0xfe {
+		out = append(out, embedded{"ISATAP", v4(12, 13, 14, 15)})
+	}
+	return out
+}
 
 // Check reports whether the server may dial dst: nil if so, otherwise an
 // error wrapping ErrEgressDenied that gives the reason.
@@ -133,19 +201,27 @@ func (p EgressPolicy) Check(dst netip.AddrPort) error {
 	if p.allowed(a) {
 		return nil
 	}
-	if slices.Contains(p.LocalAddrs, a) {
+	if slices.Contains(p.LocalAddrs, a) || p.Self != nil && slices.Contains(p.Self(), a) {
 		return deny("one of the server's own addresses")
 	}
 	if reason := defaultDenied(a); reason != "" {
 		return deny("%s", reason)
 	}
-	if a.Is6() && nat64Prefix.Contains(a) {
-		b := a.As16()
-		v4 := netip.AddrFrom4([4]byte(b[12:]))
-		if !p.allowed(v4) {
-			if reason := defaultDenied(v4); reason != "" {
-				return deny("NAT64 address of %s, %s", v4, reason)
+	for _, e := range embeddedIPv4(a) {
+		if p.allowed(e.v4) {
+			continue
+		}
+		reason := defaultDenied(e.v4)
+		if reason == "" && (slices.Contains(p.LocalAddrs, e.v4) || p.Self != nil && slices.Contains(p.Self(), e.v4)) {
+			reason = "one of the server's own addresses"
+		}
+		for _, pr := range p.DenyCIDRs {
+			if reason == "" && prefixContains(pr, e.v4) {
+				reason = "in denied range " + pr.String()
 			}
+		}
+		if reason != "" {
+			return deny("%s address of %s, %s", e.form, e.v4, reason)
 		}
 	}
 	if p.TunnelPrefix.IsValid() && prefixContains(p.TunnelPrefix, a) {

@@ -5,7 +5,9 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 func mustPrefixes(t *testing.T, ss ...string) []netip.Prefix {
@@ -77,6 +79,19 @@ func TestPolicyDefaultDenied(t *testing.T) {
 		// NAT64 well-known prefix carrying a denied IPv4 address.
 		{"[64:ff9b::127.0.0.1]:80", "NAT64"},
 		{"[64:ff9b::a9fe:a9fe]:80", "NAT64"},
+		// The NAT64 local-use prefix (RFC 8215) at each RFC 6052 length.
+		{"[64:ff9b:1:7f00:0:100::]:80", "NAT64 address of 127.0.0.1"},       // /48
+		{"[64:ff9b:1:a9:fe:a9fe::]:80", "NAT64 address of 169.254.169.254"}, // /56
+		{"[64:ff9b:1:0:a:0:0:1]:80", "NAT64 address of 10.0.0.0"},           // /64
+		{"[64:ff9b:1::c0a8:101]:80", "NAT64 address of 192.168.1.1"},        // /96
+		// 6to4 and ISATAP, which Linux's sit driver routes as IPv4.
+		{"[2002:7f00:1::1]:80", "6to4 address of 127.0.0.1"},
+		{"[2002:a9fe:a9fe:1::1]:80", "6to4 address of 169.254.169.254"},
+		{"[2001:db8:1:2:0:5efe:a00:1]:80", "ISATAP address of 10.0.0.1"},
+		{"[2001:db8:1:2:200:5efe:7f00:1]:80", "ISATAP address of 127.0.0.1"},
+		// Teredo: the server's IPv4, and the client's (inverted).
+		{"[2001:0:a00:1::1]:80", "Teredo server address of 10.0.0.1"},
+		{"[2001:0:c000:201::80ff:fffe]:80", "Teredo client address of 127.0.0.1"},
 	} {
 		checkPolicy(t, p, tc.dst, false, tc.reason)
 	}
@@ -93,6 +108,9 @@ func TestPolicyDefaultAllowed(t *testing.T) {
 		"169.253.255.255:80", "169.255.0.0:80", "192.167.255.255:80", "192.169.0.0:80",
 		"223.255.255.255:80", "1.0.0.0:80", "[2606:4700::1111]:443",
 		"[::ffff:192.0.2.1]:80", "[64:ff9b::c000:201]:80", "[fbff:ffff::1]:80",
+		// Transition forms of public IPv4 addresses.
+		"[64:ff9b:1::c000:201]:80", "[2002:c000:201::1]:80", "[2001:db8::200:5efe:c000:201]:80",
+		"[2001:0:c000:201::3fff:fdfe]:80",
 	} {
 		checkPolicy(t, p, dst, true, "")
 	}
@@ -109,6 +127,12 @@ func TestPolicyAllowOverride(t *testing.T) {
 	checkPolicy(t, p, "[fd00::5]:80", true, "")
 	checkPolicy(t, p, "[fc00::5]:80", false, "unique local")
 	checkPolicy(t, p, "[64:ff9b::10.0.0.1]:80", true, "") // embedded address allowed
+	checkPolicy(t, p, "[2002:a00:1::1]:80", true, "")
+	// The server's own address and DenyCIDRs, embedded.
+	p = EgressPolicy{LocalAddrs: []netip.Addr{netip.MustParseAddr("203.0.113.10")}, DenyCIDRs: mustPrefixes(t, "198.51.100.0/24")}
+	checkPolicy(t, p, "[2002:cb00:710a::1]:80", false, "6to4 address of 203.0.113.10, one of the server's own addresses")
+	checkPolicy(t, p, "[64:ff9b::c633:6401]:80", false, "NAT64 address of 198.51.100.1, in denied range 198.51.100.0/24")
+	p = EgressPolicy{AllowCIDRs: mustPrefixes(t, "127.0.0.1", "10.0.0.0/8", "::ffff:192.168.1.0/120", "fd00::/8")}
 	checkPolicy(t, p, "172.16.0.1:80", false, "172.16.0.0/12")
 	// A mapped-form ::/0-like prefix must not swallow IPv4: ::/0 is IPv6 only.
 	p = EgressPolicy{DenyCIDRs: mustPrefixes(t, "::/0")}
@@ -247,5 +271,44 @@ func TestPolicyLocalAddrs(t *testing.T) {
 	p.AllowCIDRs = []netip.Prefix{netip.MustParsePrefix("203.0.113.10/32")}
 	if err := p.Check(netip.AddrPortFrom(own, 5432)); err != nil {
 		t.Errorf("explicitly allowed own address: %v", err)
+	}
+}
+
+// Issue 15: an address the server gains after start is its own too. The
+// policy asks Self on every check; SelfAddrs reads again after MaxAge.
+func TestPolicySelfAddrsFollowChanges(t *testing.T) {
+	var mu sync.Mutex
+	have := []netip.Addr{netip.MustParseAddr("203.0.113.10")}
+	reads := 0
+	now := time.Unix(1000, 0)
+	self := &SelfAddrs{Read: func() ([]netip.Addr, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		reads++
+		return slices.Clone(have), nil
+	}, now: func() time.Time { return now }}
+	p := EgressPolicy{Self: self.Addrs}
+	added := netip.MustParseAddrPort("[2001:db8::abcd]:22")
+	if err := p.Check(added); err != nil {
+		t.Fatalf("before the address is added: %v", err)
+	}
+	mu.Lock()
+	have = append(have, added.Addr())
+	mu.Unlock()
+	for range 100 {
+		p.Check(added) // within MaxAge: the cached reading
+	}
+	if reads != 1 {
+		t.Fatalf("%d readings within MaxAge, want 1", reads)
+	}
+	now = now.Add(DefaultSelfAddrsMaxAge)
+	if err := p.Check(added); !errors.Is(err, ErrEgressDenied) || !strings.Contains(err.Error(), "server's own") {
+		t.Fatalf("an address added after start: %v", err)
+	}
+	// A failed reading keeps the last good one.
+	self.Read = func() ([]netip.Addr, error) { return nil, errors.New("netlink down") }
+	now = now.Add(DefaultSelfAddrsMaxAge)
+	if err := p.Check(added); !errors.Is(err, ErrEgressDenied) {
+		t.Fatalf("after a failed reading: %v", err)
 	}
 }

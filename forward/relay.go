@@ -77,6 +77,10 @@ func (r *Relay) handle(c net.Conn) {
 	r.cfg.Logger.Debug("relay: connection done", "from", addrString(c.RemoteAddr()), "bytes_sent", res.AToB, "bytes_received", res.BToA, "err", res.Err)
 }
 
+// CloseAll closes every relayed connection (their far ends went with a
+// restarted server) and returns how many there were.
+func (r *Relay) CloseAll() int { return r.life.live.closeAll() }
+
 // Live reports how many relayed connections are open.
 func (r *Relay) Live() int { return r.life.live.count() }
 

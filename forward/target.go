@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"time"
 )
@@ -23,7 +24,7 @@ func (g *Gateway) forward(s *session, public net.Conn, t Tunnel) {
 	log := g.log.With("tunnel", t.RouteKey(), "from", addrString(public.RemoteAddr()))
 	up, peer, err := g.dial(t)
 	if err != nil {
-		log.Info("connection refused: no client reachable", "clients", t.Clients(), "err", err)
+		g.logNoClient.log(log, slog.LevelInfo, "connection refused: no client reachable", "clients", t.Clients(), "err", err)
 		g.cfg.Rejected(RejectNoClient)
 		s.close()
 		return
@@ -65,6 +66,8 @@ func (g *Gateway) forward(s *session, public net.Conn, t Tunnel) {
 		g.cfg.Rejected(RejectUnknownService)
 	case errors.Is(res.Err, ErrBackendUnreachable):
 		g.cfg.Rejected(RejectBackendUnreachable)
+	case errors.Is(res.Err, ErrRefused):
+		g.cfg.Rejected(RejectClientRefused)
 	}
 	log.Debug("connection done", "bytes_in", res.AToB, "bytes_out", res.BToA, "err", res.Err)
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -145,13 +144,23 @@ func (t *Tunnel) Normalize() {
 	}
 }
 
-// Problems lists what is wrong with a normalized tunnel; field names
-// are prefixed with where, such as "tunnels[2]".
-func (t Tunnel) Problems(where string) []string {
-	var p []string
-	add := func(field, format string, args ...any) {
-		p = append(p, fmt.Sprintf("%s.%s: %s", where, field, fmt.Sprintf(format, args...)))
-	}
+// ProblemSink receives the problems a check finds, one at a time, each
+// naming its field. It may keep only the first few and count the rest
+// (control.Problems does), so a hostile list of thousands of bad tunnels
+// costs a few lines, not a line per field.
+type ProblemSink interface {
+	Addf(field, format string, args ...any)
+}
+
+// MaxTunnels bounds a tunnel list. Each tunnel is a route, and may be a
+// listening socket; a list longer than this is refused as a whole, before
+// its tunnels are decoded or checked one by one.
+const MaxTunnels = 10000
+
+// Check reports what is wrong with a normalized tunnel to sink; field
+// names are prefixed with where, such as "tunnels[2]".
+func (t Tunnel) Check(where string, sink ProblemSink) {
+	add := func(field, format string, args ...any) { sink.Addf(where+"."+field, format, args...) }
 	if t.ListenAddress != "" {
 		if a, err := netip.ParseAddr(t.ListenAddress); err != nil || a.Zone() != "" {
 			add("ListenAddress", "%q is not an IP address (use an empty string for every address)", t.ListenAddress)
@@ -165,9 +174,9 @@ func (t Tunnel) Problems(where string) []string {
 		if err := sniff.CheckGlob(t.ListenHostnameGlob); err != nil {
 			add("ListenHostnameGlob", "%v", err)
 		}
-		p = append(p, t.tcpOnlyProblems(where)...)
+		t.tcpOnlyCheck(where, sink)
 	case ProtocolUDP:
-		p = append(p, t.udpProblems(where)...)
+		t.udpCheck(where, sink)
 	default:
 		add("Protocol", "%q is not tcp or udp", t.Protocol)
 	}
@@ -180,8 +189,11 @@ func (t Tunnel) Problems(where string) []string {
 	case strings.TrimSpace(t.ClientId) == "" && len(t.ClientIds) == 0:
 		add("ClientId", "is required (or ClientIds, a list in order of preference)")
 	}
-	seen := map[string]bool{}
+	var seen map[string]bool
 	for i, id := range t.ClientIds {
+		if seen == nil {
+			seen = make(map[string]bool, len(t.ClientIds))
+		}
 		if strings.TrimSpace(id) == "" {
 			add(fmt.Sprintf("ClientIds[%d]", i), "is empty")
 		} else if seen[id] {
@@ -194,23 +206,22 @@ func (t Tunnel) Problems(where string) []string {
 	} else if t.HaProxyProxyProtocol && t.HaProxyProxyProtocolVersion != 1 && t.HaProxyProxyProtocolVersion != 2 {
 		add("HaProxyProxyProtocolVersion", "%d is not 1 or 2", t.HaProxyProxyProtocolVersion)
 	}
-	return p
 }
 
-// tcpOnlyProblems refuses the UDP fields on a TCP tunnel.
-func (t Tunnel) tcpOnlyProblems(where string) []string {
-	var p []string
-	for field, set := range map[string]bool{
-		"UdpSessionIdleSeconds": t.UdpSessionIdleSeconds != 0,
-		"UdpMaxSessions":        t.UdpMaxSessions != 0,
-		"UdpProxyProtocolMode":  t.UdpProxyProtocolMode != "",
+// tcpOnlyCheck refuses the UDP fields on a TCP tunnel.
+func (t Tunnel) tcpOnlyCheck(where string, sink ProblemSink) {
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"UdpMaxSessions", t.UdpMaxSessions != 0},
+		{"UdpProxyProtocolMode", t.UdpProxyProtocolMode != ""},
+		{"UdpSessionIdleSeconds", t.UdpSessionIdleSeconds != 0},
 	} {
-		if set {
-			p = append(p, fmt.Sprintf("%s.%s: applies only to a tunnel with \"Protocol\": \"udp\"", where, field))
+		if f.set {
+			sink.Addf(where+"."+f.name, "applies only to a tunnel with \"Protocol\": \"udp\"")
 		}
 	}
-	slices.Sort(p)
-	return p
 }
 
 // CheckServiceName reports whether s can name a service.
@@ -244,24 +255,73 @@ func CheckServiceAddr(a string) error {
 	return nil
 }
 
-// CheckTunnels normalizes every tunnel in place and returns every problem:
-// bad fields, and two tunnels claiming the same address, port and hostname.
-func CheckTunnels(ts []Tunnel) []string {
-	var p []string
-	seen := make(map[string]int)
+// CheckTunnels normalizes every tunnel in place and reports every problem
+// to sink: a list longer than MaxTunnels (and then nothing else), bad
+// fields, and two tunnels claiming the same address, port and hostname.
+func CheckTunnels(ts []Tunnel, sink ProblemSink) {
+	if len(ts) > MaxTunnels {
+		sink.Addf("tunnels", "%d tunnels: at most %d are allowed in a list", len(ts), MaxTunnels)
+		return
+	}
+	seen := make(map[string]int, len(ts))
 	for i := range ts {
 		ts[i].Normalize()
-		where := fmt.Sprintf("tunnels[%d]", i)
-		p = append(p, ts[i].Problems(where)...)
-		if j, dup := seen[ts[i].RouteKey()]; dup {
+		where := "tunnels[" + strconv.Itoa(i) + "]"
+		ts[i].Check(where, sink)
+		k := ts[i].RouteKey()
+		if j, dup := seen[k]; dup {
 			if ts[i].IsUDP() {
-				p = append(p, fmt.Sprintf("%s: claims %s like tunnels[%d]", where, ts[i].ListenKey(), j))
+				sink.Addf(where, "claims %s like tunnels[%d]", ts[i].ListenKey(), j)
 			} else {
-				p = append(p, fmt.Sprintf("%s: claims %s hostname %q like tunnels[%d]", where, ts[i].ListenKey(), ts[i].ListenHostnameGlob, j))
+				sink.Addf(where, "claims %s hostname %q like tunnels[%d]", ts[i].ListenKey(), ts[i].ListenHostnameGlob, j)
 			}
 			continue
 		}
-		seen[ts[i].RouteKey()] = i
+		seen[k] = i
 	}
-	return p
 }
+
+// problemList is a bounded ProblemSink of the package's own, for the
+// Gateway's check: it keeps maxProblems problems and counts the rest.
+type problemList struct {
+	list []string
+	more int
+}
+
+// maxProblems is how many problems an error of the package lists, as
+// control.MaxProblems does for the API.
+const maxProblems = 20
+
+func (l *problemList) Addf(field, format string, args ...any) {
+	if len(l.list) >= maxProblems {
+		l.more++
+		return
+	}
+	l.list = append(l.list, field+": "+fmt.Sprintf(format, args...))
+}
+
+// errs is the list as errors of a kind, the last counting those not
+// listed.
+func (l *problemList) errs(kind error) []error {
+	out := make([]error, 0, len(l.list)+1)
+	for _, p := range l.list {
+		out = append(out, &problem{kind: kind, msg: p})
+	}
+	if l.more > 0 {
+		out = append(out, &unlisted{kind: kind, n: l.more})
+	}
+	return out
+}
+
+// unlisted stands for the problems a problemList only counted.
+type unlisted struct {
+	kind error
+	n    int
+}
+
+func (u *unlisted) Error() string { return fmt.Sprintf("and %d more", u.n) }
+func (u *unlisted) Unwrap() error { return u.kind }
+
+// Unlisted is how many problems it stands for, so that a bounded list it
+// is added to counts them instead of listing "and N more" as a problem.
+func (u *unlisted) Unlisted() int { return u.n }

@@ -1,6 +1,8 @@
 package forward
 
 import (
+	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -86,7 +88,7 @@ func TestProblemsValid(t *testing.T) {
 	}
 	for _, tu := range valid {
 		tu.Normalize()
-		if p := tu.Problems("t"); len(p) != 0 {
+		if p := problemsOf(tu, "t"); len(p) != 0 {
 			t.Errorf("%+v: unexpected problems %q", tu, p)
 		}
 	}
@@ -132,7 +134,7 @@ func TestProblemsEachField(t *testing.T) {
 			tu := goodTunnel()
 			c.mod(&tu)
 			tu.Normalize()
-			p := tu.Problems("tunnels[4]")
+			p := problemsOf(tu, "tunnels[4]")
 			if len(p) != 1 {
 				t.Fatalf("%+v: problems %q, want exactly one", tu, p)
 			}
@@ -146,7 +148,7 @@ func TestProblemsEachField(t *testing.T) {
 func TestProblemsAllAtOnce(t *testing.T) {
 	tu := Tunnel{ListenAddress: "nope", ListenPort: 0, ListenHostnameGlob: "bad glob", HaProxyProxyProtocolVersion: 2}
 	tu.Normalize()
-	p := tu.Problems("x")
+	p := problemsOf(tu, "x")
 	fields := []string{"ListenAddress", "ListenPort", "ListenHostnameGlob", "BackEndService", "ClientId", "HaProxyProxyProtocolVersion"}
 	if len(p) != len(fields) {
 		t.Fatalf("problems %q, want one for each of %v", p, fields)
@@ -217,13 +219,13 @@ func TestCheckTunnelsValidNormalizesInPlace(t *testing.T) {
 		{ListenAddress: "127.0.0.1", ListenPort: 80, BackEndService: "web", ClientId: "c2"},
 		{ListenPort: 81, ListenHostnameGlob: "A.Example", BackEndService: "web", ClientId: "c2"},
 	}
-	if p := CheckTunnels(ts); len(p) != 0 {
+	if p := checkAll(ts); len(p) != 0 {
 		t.Fatalf("problems %q", p)
 	}
 	if ts[0].ListenHostnameGlob != "*" || ts[1].ListenAddress != "::1" || ts[1].HaProxyProxyProtocolVersion != 1 || ts[3].ListenHostnameGlob != "a.example" {
 		t.Errorf("not normalized in place: %+v", ts)
 	}
-	if p := CheckTunnels(nil); len(p) != 0 {
+	if p := checkAll(nil); len(p) != 0 {
 		t.Errorf("empty list: %q", p)
 	}
 }
@@ -236,7 +238,7 @@ func TestCheckTunnelsDuplicates(t *testing.T) {
 			{ListenAddress: "::1", ListenPort: 80, BackEndService: "a", ClientId: "c1"},
 			{ListenAddress: "0::1", ListenPort: 80, ListenHostnameGlob: "*", BackEndService: "b", ClientId: "c2"},
 		}
-		p := CheckTunnels(ts)
+		p := checkAll(ts)
 		if len(p) != 1 || !strings.HasPrefix(p[0], "tunnels[1]: claims [::1]:80") || !strings.Contains(p[0], "tunnels[0]") {
 			t.Fatalf("problems %q", p)
 		}
@@ -247,13 +249,13 @@ func TestCheckTunnelsDuplicates(t *testing.T) {
 			{ListenPort: 80, ListenHostnameGlob: "b.example", BackEndService: "b", ClientId: "c1"},
 		}
 		// Hostname routing: several globs may share a port.
-		if p := CheckTunnels(ts); len(p) != 0 {
+		if p := checkAll(ts); len(p) != 0 {
 			t.Fatalf("problems %q", p)
 		}
 	})
 	t.Run("three on one route", func(t *testing.T) {
 		ts := []Tunnel{goodTunnel(), goodTunnel(), goodTunnel()}
-		p := CheckTunnels(ts)
+		p := checkAll(ts)
 		want := []string{
 			`tunnels[1]: claims :8080 hostname "*" like tunnels[0]`,
 			`tunnels[2]: claims :8080 hostname "*" like tunnels[0]`,
@@ -274,7 +276,7 @@ func TestCheckTunnelsReportsEverything(t *testing.T) {
 		{ListenPort: 9002, BackEndService: "w", ClientId: "c", HaProxyProxyProtocol: true, HaProxyProxyProtocolVersion: 3}, // 1 problem
 		{ListenAddress: "bad", ListenPort: 9001, BackEndService: "w", ClientId: "c"},                                       // 1 problem
 	}
-	p := CheckTunnels(ts)
+	p := checkAll(ts)
 	wantPrefixes := []string{
 		"tunnels[1].ListenPort: ",
 		"tunnels[2].BackEndService: ",
@@ -290,5 +292,64 @@ func TestCheckTunnelsReportsEverything(t *testing.T) {
 		if !strings.HasPrefix(p[i], w) {
 			t.Errorf("problem %d = %q, want prefix %q", i, p[i], w)
 		}
+	}
+}
+
+// lines is an unbounded ProblemSink for the tests.
+type lines []string
+
+func (l *lines) Addf(field, format string, args ...any) {
+	*l = append(*l, field+": "+fmt.Sprintf(format, args...))
+}
+
+func problemsOf(t Tunnel, where string) []string {
+	var l lines
+	t.Check(where, &l)
+	return l
+}
+
+func checkAll(ts []Tunnel) []string {
+	var l lines
+	CheckTunnels(ts, &l)
+	return l
+}
+
+// countingSink counts the problems reported and keeps none.
+type countingSink struct{ n int }
+
+func (c *countingSink) Addf(string, string, ...any) { c.n++ }
+
+// The red-team list of issue 15 (340,000 empty tunnels) is one problem,
+// found before any tunnel is looked at; a list at the bound with every
+// tunnel bad is checked whole, but the Gateway's error lists 20 problems
+// and counts the rest.
+func TestCheckTunnelsBounded(t *testing.T) {
+	huge := make([]Tunnel, 340_000)
+	var c countingSink
+	CheckTunnels(huge, &c)
+	if c.n != 1 || huge[0].ListenHostnameGlob != "" {
+		t.Fatalf("%d problems for a list over MaxTunnels (or it was normalized)", c.n)
+	}
+	if p := checkAll(huge); len(p) != 1 || !strings.Contains(p[0], "at most 10000") {
+		t.Fatalf("%q", p)
+	}
+	full := make([]Tunnel, MaxTunnels)
+	c = countingSink{}
+	CheckTunnels(full, &c)
+	const want = 4*MaxTunnels - 1 // 3 fields each, and all but the first claim the same route
+	if c.n != want {
+		t.Fatalf("%d problems, want %d", c.n, want)
+	}
+	g := ftNewGateway(t, nil)
+	_, err := g.gw.Prepare(full)
+	if !errors.Is(err, ErrInvalid) {
+		t.Fatal(err)
+	}
+	errs := err.(interface{ Unwrap() []error }).Unwrap()
+	if len(errs) != maxProblems+1 || errs[maxProblems].Error() != fmt.Sprintf("and %d more", want-maxProblems) {
+		t.Fatalf("%d errors, the last %v", len(errs), errs[len(errs)-1])
+	}
+	if n := len(err.Error()); n > 4096 {
+		t.Fatalf("the error is %d bytes", n)
 	}
 }

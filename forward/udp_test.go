@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
@@ -120,7 +121,7 @@ func newUDPRig(t *testing.T, services map[string]map[string]string, mod func(*Ga
 	t.Helper()
 	r := &udpRig{t: t, obs: newUDPCounts(), conns: map[string]*UDPConnector{}, addrs: map[string]netip.AddrPort{}}
 	for id, svc := range services {
-		c, err := NewUDPConnector(UDPConnectorConfig{Services: svc, Logger: ftLogger()})
+		c, err := NewUDPConnector(UDPConnectorConfig{Services: svc, Logger: ftLogger(), Sources: ftLoopbackSources})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -331,7 +332,7 @@ func TestUDPTunnelChecks(t *testing.T) {
 		{Protocol: "UDP", ListenPort: 53, BackEndService: "dns", ClientId: "a", HaProxyProxyProtocol: true},
 		{ListenPort: 53, BackEndService: "dns", ClientId: "a"}, // TCP on the same port: fine
 	}
-	if p := CheckTunnels(ts); len(p) > 0 {
+	if p := checkAll(ts); len(p) > 0 {
 		t.Fatalf("problems: %q", p)
 	}
 	u := ts[0]
@@ -357,7 +358,7 @@ func TestUDPTunnelChecks(t *testing.T) {
 		{Protocol: "udp", ListenPort: 8, BackEndService: "x", ClientId: "a"},
 		{Protocol: "udp", ListenPort: 8, BackEndService: "y", ClientId: "a"},
 	}
-	p := strings.Join(CheckTunnels(bad), "\n")
+	p := strings.Join(checkAll(bad), "\n")
 	for _, want := range []string{
 		`tunnels[0].Protocol: "sctp" is not tcp or udp`,
 		"tunnels[1].ListenHostnameGlob: does not apply to a udp tunnel",
@@ -956,4 +957,54 @@ func TestUDPBackendDownRefused(t *testing.T) {
 	waitFor(t, "the session to end on both sides", func() bool {
 		return sessionsOf(r.gw, key) == 0 && r.conns["a"].Sessions() == 0
 	})
+}
+
+// The client's own choice decides a UDP session's PROXY header as it does
+// for TCP, with the mode of its own; v1 and private sources are refused.
+func TestUDPBackendProxyChoice(t *testing.T) {
+	public := netip.MustParseAddrPort("203.0.113.7:4000")
+	private := netip.MustParseAddrPort("192.168.1.2:4000")
+	c, err := NewUDPConnector(UDPConnectorConfig{
+		Services:            map[string]string{"own2": "127.0.0.1:1", "own2first": "127.0.0.1:2", "own0": "127.0.0.1:3", "own1": "127.0.0.1:4", "server": "127.0.0.1:5"},
+		ServiceProxy:        map[string]int{"own2": 2, "own2first": 2, "own0": 0, "own1": 1},
+		ServiceUDPProxyMode: map[string]string{"own2first": UDPProxyFirst},
+		Logger:              slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, tc := range []struct {
+		service string
+		asked   udpProxyMode
+		src     netip.AddrPort
+		want    udpProxyMode
+		refused bool
+	}{
+		{"own2", udpProxyNone, public, udpProxyEvery, false},
+		{"own2", udpProxyFirst, public, udpProxyEvery, false}, // the client's mode, not the server's
+		{"own2first", udpProxyNone, public, udpProxyFirst, false},
+		{"own2", udpProxyNone, private, 0, true},
+		{"own0", udpProxyNone, private, udpProxyNone, false},
+		{"own0", udpProxyEvery, public, 0, true},
+		{"own1", udpProxyNone, public, 0, true},
+		{"server", udpProxyFirst, public, udpProxyFirst, false},
+		{"server", udpProxyNone, private, udpProxyNone, false},
+		{"server", udpProxyEvery, private, 0, true},
+	} {
+		got, err := c.udpBackendProxy(tc.service, tc.asked, tc.src)
+		if tc.refused {
+			if !errors.Is(err, ErrRefused) {
+				t.Errorf("%s asked %d from %v: %d, %v; want refused", tc.service, tc.asked, tc.src, got, err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%s asked %d from %v: %d, %v; want %d", tc.service, tc.asked, tc.src, got, err, tc.want)
+		}
+	}
+	if _, err := NewUDPConnector(UDPConnectorConfig{Services: map[string]string{"a": "127.0.0.1:1"},
+		ServiceUDPProxyMode: map[string]string{"a": "sometimes"}, Logger: slog.New(slog.DiscardHandler)}); err == nil {
+		t.Error("a bad UDP PROXY mode was accepted")
+	}
 }

@@ -23,7 +23,15 @@ type UDPConnectorConfig struct {
 	// the same map the Connector uses. The server can only ever reach
 	// these addresses.
 	Services map[string]string
-	Logger   *slog.Logger // required
+	// ServiceProxy and Sources are the Connector's (see proxychoice.go):
+	// the client's own PROXY choice per service, and which sources a
+	// backend getting a header may be told of. A service choosing 2 gets
+	// PROXY v2 on the datagrams ServiceUDPProxyMode says ("every" if it
+	// names none); one choosing 1 is refused, v1 having no datagram form.
+	ServiceProxy        map[string]int
+	ServiceUDPProxyMode map[string]string
+	Sources             SourcePolicy
+	Logger              *slog.Logger // required
 	// Dial connects a session's socket to a service (network "udp"); a
 	// net.Dialer by default.
 	Dial BackendDialFunc
@@ -53,6 +61,7 @@ type UDPConnector struct {
 	life lifecycle
 
 	refusedLog quietLog // refusals come per datagram
+	refused    atomic.Uint64
 
 	mu       sync.Mutex
 	sessions map[clientKey]*clientSession
@@ -74,6 +83,11 @@ func NewUDPConnector(cfg UDPConnectorConfig) (*UDPConnector, error) {
 			errs = append(errs, fmt.Errorf("service %q: %w", name, err))
 		}
 	}
+	for name, mode := range cfg.ServiceUDPProxyMode {
+		if mode != UDPProxyEvery && mode != UDPProxyFirst {
+			errs = append(errs, fmt.Errorf("service %q: UDP PROXY mode %q is not %q or %q", name, mode, UDPProxyEvery, UDPProxyFirst))
+		}
+	}
 	if cfg.MaxSessions < 0 {
 		errs = append(errs, errors.New("forward: UDPConnectorConfig.MaxSessions must not be negative"))
 	}
@@ -81,6 +95,8 @@ func NewUDPConnector(cfg UDPConnectorConfig) (*UDPConnector, error) {
 		return nil, err
 	}
 	cfg.Services = maps.Clone(cfg.Services)
+	cfg.ServiceProxy = maps.Clone(cfg.ServiceProxy)
+	cfg.ServiceUDPProxyMode = maps.Clone(cfg.ServiceUDPProxyMode)
 	if cfg.Dial == nil {
 		var d net.Dialer
 		cfg.Dial = d.DialContext
@@ -247,8 +263,15 @@ func (c *UDPConnector) begin(pc net.PacketConn, from net.Addr, key clientKey, h 
 		src:     h.src,
 		dst:     h.dst,
 		asked:   h.proxy,
-		proxy:   c.udpBackendProxy(string(h.service), h.proxy),
 		idle:    h.idle + clientIdleMargin,
+	}
+	var err error
+	if s.proxy, err = c.udpBackendProxy(string(h.service), h.proxy, h.src); err != nil {
+		n := c.refused.Add(1)
+		c.refusedLog.do(func(more int) {
+			c.log.Warn("UDP session refused", "service", string(h.service), "from", h.src, "err", err, "refused_total", n, "refused_since_last_line", more)
+		})
+		return nil, udpRefuseRefused
 	}
 	if s.proxy != udpProxyNone {
 		hdr, err := udpProxyHeader(h.src, h.dst)
@@ -270,13 +293,35 @@ func (c *UDPConnector) begin(pc net.PacketConn, from net.Addr, key clientKey, h 
 	return s, 0
 }
 
-// udpBackendProxy decides which PROXY header a UDP session's backend gets.
-// It is the one place that decides it: today the tunnel does (the server
-// sends its HaProxyProxyProtocol and UdpProxyProtocolMode in every frame),
-// and the client's own service map may decide instead.
-func (c *UDPConnector) udpBackendProxy(service string, asked udpProxyMode) udpProxyMode {
-	return asked
+// udpBackendProxy decides which PROXY header a UDP session's backend gets,
+// as backendProxy does for TCP: the client's own choice for the service if
+// it made one, else what the server asked; and whenever a header is sent,
+// only for a source the client believes. The error wraps ErrRefused.
+func (c *UDPConnector) udpBackendProxy(service string, asked udpProxyMode, src netip.AddrPort) (udpProxyMode, error) {
+	chosen, own := c.cfg.ServiceProxy[service]
+	askedVersion := 0
+	if asked != udpProxyNone {
+		askedVersion = 2
+	}
+	if own && chosen == 1 {
+		return udpProxyNone, fmt.Errorf("%w: this service's backend gets PROXY v1 (ProxyProtocol 1), which has no datagram form; use 2", ErrRefused)
+	}
+	v, err := backendProxy(chosen, own, askedVersion, src, c.cfg.Sources)
+	switch {
+	case err != nil:
+		return udpProxyNone, err
+	case v == 0:
+		return udpProxyNone, nil
+	case !own:
+		return asked, nil
+	case c.cfg.ServiceUDPProxyMode[service] == UDPProxyFirst:
+		return udpProxyFirst, nil
+	}
+	return udpProxyEvery, nil
 }
+
+// Refused reports how many sessions the PROXY policy refused.
+func (c *UDPConnector) Refused() uint64 { return c.refused.Load() }
 
 // udpProxyHeader is the PROXY v2 header, with the DGRAM transport, of a
 // session from src to dst.

@@ -58,7 +58,7 @@ const (
 // UDPRejectReasons and UDPDropReasons list the reasons, for metrics that
 // show each at 0.
 var (
-	UDPRejectReasons = []string{RejectSessionCap, RejectNoClient, RejectUnknownService, RejectBackendUnreachable}
+	UDPRejectReasons = []string{RejectSessionCap, RejectNoClient, RejectUnknownService, RejectBackendUnreachable, RejectClientRefused}
 	UDPDropReasons   = []string{DropOversized, DropSendFailed}
 )
 
@@ -484,6 +484,8 @@ func (l *udpListener) readTunnel() {
 					reason = RejectUnknownService
 				case udpRefuseSessionCap:
 					reason = RejectSessionCap
+				case udpRefuseRefused:
+					reason = RejectClientRefused
 				}
 			}
 			if l.end(s, false) {

@@ -82,6 +82,7 @@ const (
 	udpRefuseUnknownService     = 1
 	udpRefuseBackendUnreachable = 2
 	udpRefuseSessionCap         = 3
+	udpRefuseRefused            = 4 // by the client's PROXY policy
 )
 
 // udpProxyMode is what PROXY header the client puts in front of a session's

@@ -1,7 +1,6 @@
 package forward
 
 import (
-	"fmt"
 	"strings"
 	"time"
 )
@@ -29,11 +28,8 @@ func (t *Tunnel) normalizeUDP() {
 	}
 }
 
-func (t Tunnel) udpProblems(where string) []string {
-	var p []string
-	add := func(field, format string, args ...any) {
-		p = append(p, fmt.Sprintf("%s.%s: %s", where, field, fmt.Sprintf(format, args...)))
-	}
+func (t Tunnel) udpCheck(where string, sink ProblemSink) {
+	add := func(field, format string, args ...any) { sink.Addf(where+"."+field, format, args...) }
 	if t.ListenHostnameGlob != "" {
 		add("ListenHostnameGlob", "does not apply to a udp tunnel (a datagram names no host); leave it out")
 	}
@@ -52,7 +48,6 @@ func (t Tunnel) udpProblems(where string) []string {
 	case t.UdpProxyProtocolMode != "" && t.UdpProxyProtocolMode != UDPProxyEvery && t.UdpProxyProtocolMode != UDPProxyFirst:
 		add("UdpProxyProtocolMode", "%q is not %q or %q", t.UdpProxyProtocolMode, UDPProxyEvery, UDPProxyFirst)
 	}
-	return p
 }
 
 // udpIdle is a normalized UDP tunnel's idle timeout.

@@ -48,6 +48,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -142,8 +143,11 @@ func (c AuthConfig) load(p *control.Problems) (a *Auth) {
 	}
 	if pool != nil && certOK {
 		a.tlsConfig = &tls.Config{
-			MinVersion:   tls.VersionTLS12,
-			ClientAuth:   tls.RequireAndVerifyClientCert,
+			MinVersion: tls.VersionTLS12,
+			// Certificates are asked for and, when given, verified in the
+			// handshake; whether one is needed is decided per route (Wrap),
+			// so that /healthz answers probes that hold none.
+			ClientAuth:   tls.VerifyClientCertIfGiven,
 			ClientCAs:    pool,
 			Certificates: []tls.Certificate{cert},
 		}
@@ -295,9 +299,11 @@ func (a *Auth) Mode() string {
 }
 
 // TLSConfig is nil without mutual TLS. Otherwise it requires TLS 1.2 or
-// later and a client certificate that verifies against CaCertificateFile
-// (so expired or foreign client certificates fail the handshake), and
-// serves the server certificate. Each call returns a fresh copy.
+// later, asks for a client certificate and verifies one that is given
+// against CaCertificateFile (so expired or foreign client certificates
+// fail the handshake), and serves the server certificate. A connection
+// without a certificate is let through to the routes Wrap does not guard
+// (/healthz). Each call returns a fresh copy.
 func (a *Auth) TLSConfig() *tls.Config {
 	if a.tlsConfig == nil {
 		return nil
@@ -308,19 +314,22 @@ func (a *Auth) TLSConfig() *tls.Config {
 // Wrap returns h behind the configured checks. With a token, requests need
 // "Authorization: Bearer <token>": none gives 401 with WWW-Authenticate, a
 // wrong one 403. With mutual TLS, requests must also have come over TLS with
-// a verified client certificate, else 403 (the handshake already enforces
-// this; the check guards against serving h over a listener without it).
-// Without either, h is returned as is (NewAuth allows that only on
-// loopback).
+// a client certificate that verified against the CA, is meant for clients
+// (extendedKeyUsage clientAuth, present, not merely implied by its
+// absence) and is not a CA certificate itself (a CA in the pool would
+// otherwise verify as its own one-link chain), else 403. Without either, h
+// is returned as is (NewAuth allows that only on loopback).
 func (a *Auth) Wrap(h http.Handler) http.Handler {
 	mtls, token := a.tlsConfig != nil, a.token
 	if !mtls && token == nil {
 		return h
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if mtls && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
-			a.refuse(w, r, http.StatusForbidden, "a verified TLS client certificate is required")
-			return
+		if mtls {
+			if msg := clientCertProblem(r.TLS); msg != "" {
+				a.refuse(w, r, http.StatusForbidden, msg)
+				return
+			}
 		}
 		if token != nil {
 			vals := r.Header.Values("Authorization")
@@ -342,6 +351,22 @@ func (a *Auth) Wrap(h http.Handler) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// clientCertProblem says why a connection's client certificate does not
+// authenticate a management request; "" if it does.
+func clientCertProblem(st *tls.ConnectionState) string {
+	if st == nil || len(st.VerifiedChains) == 0 || len(st.VerifiedChains[0]) == 0 {
+		return "a verified TLS client certificate is required"
+	}
+	leaf := st.VerifiedChains[0][0]
+	if leaf.BasicConstraintsValid && leaf.IsCA {
+		return "the client certificate is a CA certificate (basicConstraints CA:TRUE); use a client certificate the CA issued"
+	}
+	if !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+		return "the client certificate is not meant for TLS clients (extendedKeyUsage lacks clientAuth)"
+	}
+	return ""
 }
 
 // bearer extracts the token of "Bearer <token>" (scheme case-insensitive).

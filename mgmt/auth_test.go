@@ -351,8 +351,6 @@ func TestAuthMTLS(t *testing.T) {
 		minVer  uint16
 		wantErr string // the server's TLS alert, as the client reports it
 	}{
-		{"no client certificate", nil, 0, 0, "certificate required"},
-		{"no client certificate, TLS 1.2", nil, tls.VersionTLS12, 0, "handshake failure"},
 		{"client certificate from another CA", p.otherCA, 0, 0, "unknown certificate authority"},
 		{"expired client certificate", p.expired, 0, 0, "expired certificate"},
 		{"server certificate used as client certificate", p.server, 0, 0, "bad certificate"},
@@ -372,6 +370,35 @@ func TestAuthMTLS(t *testing.T) {
 		})
 	}
 
+	// The handshake lets these through (a certificate is asked for, not
+	// required, so that /healthz answers without one); Wrap refuses them.
+	noEKU := authClientTemplate("no extendedKeyUsage")
+	noEKU.ExtKeyUsage = nil
+	forbidden := []struct {
+		name   string
+		cert   *authIssued
+		maxVer uint16
+		want   string
+	}{
+		{"no client certificate", nil, 0, "a verified TLS client certificate is required"},
+		{"no client certificate, TLS 1.2", nil, tls.VersionTLS12, "a verified TLS client certificate is required"},
+		{"the CA's own certificate as a client certificate", p.ca, 0, "is a CA certificate"},
+		{"a client certificate without extendedKeyUsage", authIssue(t, noEKU, p.ca), 0, "lacks clientAuth"},
+	}
+	for _, tc := range forbidden {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := p.clientTLS(tc.cert)
+			cfg.MaxVersion = tc.maxVer
+			r, err := authDo(t, authHTTPClient(t, cfg), url, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.code != http.StatusForbidden || !strings.Contains(r.body, tc.want) {
+				t.Fatalf("got %d %q, want 403 saying %q", r.code, r.body, tc.want)
+			}
+		})
+	}
+
 	t.Run("plain HTTP to the TLS port", func(t *testing.T) {
 		r, err := authDo(t, authHTTPClient(t, nil), strings.Replace(url, "https://", "http://", 1), nil)
 		if err == nil && r.code != http.StatusBadRequest {
@@ -381,6 +408,32 @@ func TestAuthMTLS(t *testing.T) {
 			t.Fatalf("handler ran: %q", r.body)
 		}
 	})
+}
+
+// Issue 15: with mutual TLS, /healthz answers a probe without a
+// certificate, as documented; every other route still needs a good one.
+func TestAuthMTLSPerRoute(t *testing.T) {
+	p := newAuthPKI(t)
+	a := authMustNew(t, p.mtlsConfig())
+	h, err := NewHandler(&fakeBackend{}, slog.New(slog.DiscardHandler), Options{Auth: a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := authServe(t, h, a.TLSConfig(), nil)
+	none := authHTTPClient(t, p.clientTLS(nil))
+	if r, err := authDo(t, none, base+"/healthz", nil); err != nil || r.code != http.StatusOK || !strings.Contains(r.body, "ok") {
+		t.Fatalf("/healthz without a client certificate: %+v %v", r, err)
+	}
+	if r, err := authDo(t, none, base+"/tunnels", nil); err != nil || r.code != http.StatusForbidden {
+		t.Fatalf("/tunnels without a client certificate: %+v %v", r, err)
+	}
+	if r, err := authDo(t, authHTTPClient(t, p.clientTLS(p.good)), base+"/tunnels", nil); err != nil || r.code != http.StatusOK {
+		t.Fatalf("/tunnels with a good client certificate: %+v %v", r, err)
+	}
+	// A foreign certificate still fails the handshake, /healthz or not.
+	if _, err := authDo(t, authHTTPClient(t, p.clientTLS(p.otherCA)), base+"/healthz", nil); err == nil {
+		t.Fatal("a certificate from another CA passed the handshake")
+	}
 }
 
 func TestAuthMTLSWrapRequiresVerifiedTLS(t *testing.T) {
@@ -540,9 +593,9 @@ func TestAuthMTLSAndToken(t *testing.T) {
 		})
 	}
 	t.Run("token without cert", func(t *testing.T) {
-		_, err := authDo(t, authHTTPClient(t, p.clientTLS(nil)), url, map[string]string{"Authorization": "Bearer " + token})
-		if err == nil {
-			t.Fatal("answered without a client certificate")
+		r, err := authDo(t, authHTTPClient(t, p.clientTLS(nil)), url, map[string]string{"Authorization": "Bearer " + token})
+		if err != nil || r.code != http.StatusForbidden || strings.Contains(r.body, "ok") {
+			t.Fatalf("got %+v %v, want 403 without a client certificate", r, err)
 		}
 	})
 }
@@ -709,14 +762,14 @@ func TestAuthTLSConfig(t *testing.T) {
 	p := newAuthPKI(t)
 	a := authMustNew(t, p.mtlsConfig())
 	c := a.TLSConfig()
-	if c.MinVersion != tls.VersionTLS12 || c.ClientAuth != tls.RequireAndVerifyClientCert || c.ClientCAs == nil || len(c.Certificates) != 1 {
+	if c.MinVersion != tls.VersionTLS12 || c.ClientAuth != tls.VerifyClientCertIfGiven || c.ClientCAs == nil || len(c.Certificates) != 1 {
 		t.Fatalf("TLSConfig = %+v", c)
 	}
 	if _, err := p.good.cert.Verify(x509.VerifyOptions{Roots: c.ClientCAs, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		t.Errorf("ClientCAs does not verify the good client: %v", err)
 	}
 	c.ClientAuth = tls.NoClientCert
-	if a.TLSConfig().ClientAuth != tls.RequireAndVerifyClientCert {
+	if a.TLSConfig().ClientAuth != tls.VerifyClientCertIfGiven {
 		t.Error("changing the returned config changed Auth")
 	}
 }
@@ -795,9 +848,17 @@ func TestAuthOpenSSLCommands(t *testing.T) {
 	if r.code != 200 || r.body != "ok admin" {
 		t.Fatalf("got %d %q, want 200 \"ok admin\"", r.code, r.body)
 	}
-	// Without the client certificate the handshake fails.
-	if _, err := authDo(t, authHTTPClient(t, &tls.Config{RootCAs: roots}), url, nil); err == nil {
-		t.Fatal("answered without a client certificate")
+	// Without the client certificate the request is refused.
+	if r, err := authDo(t, authHTTPClient(t, &tls.Config{RootCAs: roots}), url, nil); err != nil || r.code != http.StatusForbidden {
+		t.Fatalf("without a client certificate: %+v %v", r, err)
+	}
+	// The CA's own certificate is no client certificate.
+	caCert, err := tls.LoadX509KeyPair(f("ca.crt"), f("ca.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := authDo(t, authHTTPClient(t, &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{caCert}}), url, nil); err != nil || r.code != http.StatusForbidden {
+		t.Fatalf("the CA's certificate as a client's: %+v %v", r, err)
 	}
 	// The openssl client key does not serve as the server's.
 	c.ServerTlsKeyFile = f("client.key")

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net/http"
 	"strconv"
@@ -80,19 +79,20 @@ func (a *api) checkTunnels(w http.ResponseWriter, r *http.Request) {
 	if a.limited(w, r) {
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	data, err := body(w, r)
 	if err != nil {
-		a.fail(w, r, fmt.Errorf("%w request: %v", errRequest, err))
+		a.fail(w, r, err)
 		return
 	}
 	var req CheckBody
-	if len(bytes.TrimSpace(body)) > 0 {
-		if err := decodeBytes(body, &req); err != nil {
-			a.fail(w, r, err)
+	if len(bytes.TrimSpace(data)) > 0 { // no body: check every tunnel
+		probs := control.NewProblems(control.ErrInvalid, "check request")
+		if !(control.JSON{Offsets: true, MaxElements: forward.MaxTunnels}).Decode(data, &req, probs) || probs.Len() > 0 {
+			a.fail(w, r, probs)
 			return
 		}
 	}
-	res, err := a.b.CheckTunnels(r.Context(), req.Tunnels)
+	res, err := a.b.CheckReachability(r.Context(), req.Tunnels)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -112,8 +112,14 @@ func (a *api) armCheck(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req forward.ArmRequest
-	if err := decode(w, r, &req); err != nil {
+	probs := control.NewProblems(control.ErrInvalid, "arm request")
+	ok, err := decode(w, r, &req, "", probs, nil)
+	switch {
+	case err != nil:
 		a.fail(w, r, err)
+		return
+	case !ok:
+		a.fail(w, r, probs)
 		return
 	}
 	armed, err := a.b.ArmCheck(req)

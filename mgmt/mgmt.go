@@ -4,7 +4,6 @@
 package mgmt
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -30,8 +29,14 @@ type Backend interface {
 	Clients() map[string]control.ClientStatus
 	PutClient(clientID string, reg control.Registration) (control.ClientStatus, error)
 	DeleteClient(clientID string) error
-	CheckTunnels(ctx context.Context, sel []forward.CheckSelector) ([]forward.CheckResult, error)
+	CheckReachability(ctx context.Context, sel []forward.CheckSelector) ([]forward.CheckResult, error)
 	ArmCheck(forward.ArmRequest) (forward.ArmedCheck, error)
+	// CheckTunnels and CheckClient add to probs the problems SetTunnels
+	// and PutClient would find, changing nothing: a body with JSON
+	// problems is checked as far as it could be decoded, so that every
+	// problem is answered at once.
+	CheckTunnels(ts []forward.Tunnel, probs *control.Problems)
+	CheckClient(clientID string, reg control.Registration, probs *control.Problems)
 }
 
 // errRequest classifies a request the API could not read.
@@ -122,36 +127,45 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if code == http.StatusInternalServerError {
 		a.log.Error("management request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	} else if pe != nil {
+		// The count, not the list: a hostile body must not make a huge
+		// log line. The caller got the list.
+		a.log.Info("management request refused", "method", r.Method, "path", r.URL.Path, "status", code, "err", pe.Title(), "problems", pe.Len())
+		a.log.Debug("management request refused: problems", "method", r.Method, "path", r.URL.Path, "problems", body.Problems)
 	} else {
 		a.log.Info("management request refused", "method", r.Method, "path", r.URL.Path, "status", code, "err", err)
 	}
 	a.reply(w, r, code, body)
 }
 
-// decode reads exactly one JSON value with no unknown fields.
-func decode(w http.ResponseWriter, r *http.Request, v any) error {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return fmt.Errorf("%w request: body larger than %d bytes", errRequest, MaxBodyBytes)
-		}
-		return fmt.Errorf("%w request: %v", errRequest, err)
+// body reads a request body of at most MaxBodyBytes.
+func body(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return nil, fmt.Errorf("%w request: body larger than %d bytes", errRequest, MaxBodyBytes)
+	case err != nil:
+		return nil, fmt.Errorf("%w request: reading the body: %v", errRequest, err)
 	}
-	return decodeBytes(body, v)
+	return data, nil
 }
 
-// decodeBytes reads exactly one JSON value with no unknown fields.
-func decodeBytes(body []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w request: malformed JSON: %v", errRequest, err)
+// decode reads the body into v, strictly: every JSON problem placed by
+// byte offset and named by its field path under root, in probs, together
+// with the problems check finds in what could be decoded (check runs
+// only if the JSON left something meaningful to check). It reports
+// whether the body can be acted on.
+func decode(w http.ResponseWriter, r *http.Request, v any, root string, probs *control.Problems, check func()) (ok bool, err error) {
+	data, err := body(w, r)
+	if err != nil {
+		return false, err
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w request: body holds more than one JSON value", errRequest)
+	j := control.JSON{Root: root, Offsets: true, MaxElements: forward.MaxTunnels}
+	if j.Decode(data, v, probs) && probs.Len() > 0 && check != nil {
+		check()
 	}
-	return nil
+	return probs.Len() == 0, nil
 }
 
 func (a *api) getTunnels(w http.ResponseWriter, r *http.Request) {
@@ -164,11 +178,16 @@ func (a *api) getTunnels(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) putTunnels(w http.ResponseWriter, r *http.Request) {
 	var ts []forward.Tunnel
-	if err := decode(w, r, &ts); err != nil {
+	probs := control.NewProblems(control.ErrInvalid, "tunnel list")
+	ok, err := decode(w, r, &ts, "tunnels", probs, func() { a.b.CheckTunnels(ts, probs) })
+	switch {
+	case err != nil:
 		a.fail(w, r, err)
 		return
-	}
-	if ts == nil {
+	case !ok:
+		a.fail(w, r, probs)
+		return
+	case ts == nil:
 		a.fail(w, r, fmt.Errorf("%w request: body must be a JSON list of tunnels (use [] for none)", errRequest))
 		return
 	}
@@ -189,11 +208,18 @@ func (a *api) getClients(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) putClient(w http.ResponseWriter, r *http.Request) {
 	var reg control.Registration
-	if err := decode(w, r, &reg); err != nil {
+	id := r.PathValue("id")
+	probs := control.NewProblems(control.ErrInvalid, "client registration")
+	ok, err := decode(w, r, &reg, "", probs, func() { a.b.CheckClient(id, reg, probs) })
+	switch {
+	case err != nil:
 		a.fail(w, r, err)
 		return
+	case !ok:
+		a.fail(w, r, probs)
+		return
 	}
-	st, err := a.b.PutClient(r.PathValue("id"), reg)
+	st, err := a.b.PutClient(id, reg)
 	if err != nil {
 		a.fail(w, r, err)
 		return

@@ -33,6 +33,7 @@ type fakeBackend struct {
 	checkSel []forward.CheckSelector
 	checkRes []forward.CheckResult
 	checkErr error
+	validate bool // SetTunnels checks as the control plane does
 }
 
 func (f *fakeBackend) Tunnels() []forward.Tunnel {
@@ -48,6 +49,12 @@ func (f *fakeBackend) SetTunnels(ts []forward.Tunnel) ([]forward.Tunnel, error) 
 	if f.setErr != nil {
 		return nil, f.setErr
 	}
+	if f.validate {
+		probs := control.NewProblems(control.ErrInvalid, "tunnel list")
+		if forward.CheckTunnels(ts, probs); probs.Len() > 0 {
+			return nil, probs
+		}
+	}
 	f.tunnels = ts
 	return ts, nil
 }
@@ -62,6 +69,17 @@ func (f *fakeBackend) PutClient(id string, reg control.Registration) (control.Cl
 }
 
 func (f *fakeBackend) DeleteClient(id string) error { return f.delErr }
+
+// CheckTunnels reports what the control plane would say of a port.
+func (f *fakeBackend) CheckTunnels(ts []forward.Tunnel, probs *control.Problems) {
+	forward.CheckTunnels(ts, probs)
+}
+
+func (f *fakeBackend) CheckClient(id string, reg control.Registration, probs *control.Problems) {
+	if reg.PublicKey == "" {
+		probs.Addf("PublicKey", "is required")
+	}
+}
 
 func serve(t *testing.T, b Backend) *httptest.Server {
 	t.Helper()
@@ -229,7 +247,7 @@ func TestMetricsAndHealthzOutsideAuth(t *testing.T) {
 	}
 }
 
-func (f *fakeBackend) CheckTunnels(ctx context.Context, sel []forward.CheckSelector) ([]forward.CheckResult, error) {
+func (f *fakeBackend) CheckReachability(ctx context.Context, sel []forward.CheckSelector) ([]forward.CheckResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.checkSel = sel
@@ -241,4 +259,108 @@ func (f *fakeBackend) ArmCheck(req forward.ArmRequest) (forward.ArmedCheck, erro
 		return forward.ArmedCheck{}, f.checkErr
 	}
 	return forward.ArmedCheck{Token: "t", Probe: "line", Tunnel: forward.Tunnel{ListenPort: req.ListenPort}}, nil
+}
+
+// JSON problems are placed by byte offset and named by field path, and
+// come with the problems a check of the rest finds: an unknown field does
+// not hide a bad port.
+func TestJSONErrors(t *testing.T) {
+	f := &fakeBackend{}
+	s := serve(t, f)
+	body := `[{"ListenPort":9000,"Nope":1,"BackEndService":"x","ClientId":"a"},` +
+		`{"LISTENPORT":9001,"BackEndService":"y","BackEndService":"z","ClientId":"a"},` +
+		`{"ListenPort":"9002","BackEndService":"w","ClientId":"a"},` +
+		`{"ListenPort":70000,"BackEndService":"v","ClientId":"a"}]`
+	code, answer := do(t, s, "PUT", "/tunnels", body)
+	var e struct {
+		Error    string
+		Problems []string
+	}
+	if err := json.Unmarshal([]byte(answer), &e); err != nil || code != 400 {
+		t.Fatalf("%d %s", code, answer)
+	}
+	want := []string{
+		`offset 20: tunnels[0].Nope: unknown field "Nope"`,
+		`offset 67: tunnels[1].LISTENPORT: unknown field "LISTENPORT"; did you mean "ListenPort"? (names are case-sensitive)`,
+		`offset 106: tunnels[1].BackEndService: field "BackEndService" set twice: first at line 1, column 86`,
+		`offset 157: tunnels[2].ListenPort: want an integer, got a string`,
+		// From the check of what could be decoded; tunnels[2].ListenPort
+		// is not reported again as port 0.
+		`tunnels[3].ListenPort: 70000 is not a port number (1-65535)`,
+	}
+	if e.Error != "invalid tunnel list" || len(e.Problems) != len(want) {
+		t.Fatalf("%s", answer)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(e.Problems[i], w) {
+			t.Errorf("problem %d = %q\nwant prefix %q", i, e.Problems[i], w)
+		}
+	}
+	for _, tc := range []struct{ body, want string }{
+		{`[{"ListenPort": 1,}]`, `offset 18: tunnels[0]: unexpected '}': want a key string (a comma before the end is not allowed)`},
+		{`[{"ListenPort": 1}`, `offset 18: tunnels: unexpected end of input: want ',' or ']'; the array at line 1, column 1 is not closed`},
+		{`{}`, `offset 0: tunnels: want an array, got an object`},
+		{`[] []`, `offset 3: tunnels: unexpected '[' after the JSON value: only one value is allowed`},
+	} {
+		code, answer := do(t, s, "PUT", "/tunnels", tc.body)
+		if code != 400 || !strings.Contains(answer, tc.want) {
+			t.Errorf("PUT %s: %d %s\nwant %s", tc.body, code, answer, tc.want)
+		}
+	}
+	// A case-folded name is decoded as meant for the check, so only the
+	// name is reported; a missing key is found by the check.
+	code, answer = do(t, s, "PUT", "/clients/x", `{"publickey":"k","Socks5Enabled":1}`)
+	if code != 400 || !strings.Contains(answer, `"offset 1: publickey: unknown field \"publickey\"; did you mean \"PublicKey\"?`) ||
+		!strings.Contains(answer, `"offset 33: Socks5Enabled: want true or false, got a number"`) || strings.Contains(answer, `is required`) {
+		t.Errorf("PUT /clients/x: %d %s", code, answer)
+	}
+	code, answer = do(t, s, "PUT", "/clients/x", `{"Socks5Enabled":1}`)
+	if code != 400 || !strings.Contains(answer, `"PublicKey: is required"`) {
+		t.Errorf("PUT /clients/x: %d %s", code, answer)
+	}
+	if f.setCalls != 0 {
+		t.Error("a refused body reached SetTunnels")
+	}
+}
+
+// Issue 15's body: 340,000 empty tunnels in about 1 MB. The answer is one
+// problem, the list is never decoded, and the log line carries the count.
+func TestHugeTunnelList(t *testing.T) {
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	h, err := NewHandler(&fakeBackend{validate: true}, slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := httptest.NewServer(h)
+	defer s.Close()
+	body := "[" + strings.TrimSuffix(strings.Repeat("{},", 340_000), ",") + "]"
+	code, answer := do(t, s, "PUT", "/tunnels", body)
+	if code != 400 || len(answer) > 300 || !strings.Contains(answer, `"offset 0: tunnels: more than 10000 elements: at most 10000 are allowed"`) {
+		t.Fatalf("%d %.300s", code, answer)
+	}
+	// A list at the bound, every tunnel bad: 20 problems and a count in
+	// the answer, the count alone in the log.
+	body = "[" + strings.TrimSuffix(strings.Repeat(`{"ListenPort":0},`, forward.MaxTunnels), ",") + "]"
+	code, answer = do(t, s, "PUT", "/tunnels", body)
+	if code != 400 || len(answer) > 4096 || !strings.Contains(answer, `"and 39979 more"`) {
+		t.Fatalf("%d %.300s", code, answer)
+	}
+	mu.Lock()
+	log := logs.String()
+	mu.Unlock()
+	if !strings.Contains(log, "problems=39999") || strings.Contains(log, "BackEndService") || len(log) > 1024 {
+		t.Errorf("log:\n%s", log)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

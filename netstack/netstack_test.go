@@ -120,18 +120,20 @@ func TestTCPBothFamiliesAndBatching(t *testing.T) {
 		}
 		ln.Close()
 	}
+	// The pumps still run (a last ACK, a FIN), so read under their lock.
 	l.mu.Lock()
 	maxBatch := 0
 	for _, n := range l.batches {
 		maxBatch = max(maxBatch, n)
 	}
+	maxPacket := l.maxPacket
 	l.mu.Unlock()
 	if maxBatch < 2 {
 		t.Errorf("largest Read batch was %d packets; bulk transfer should queue several", maxBatch)
 	}
 	// Segmentation offload: TCP built large segments, Read cut them to the MTU.
-	if l.maxPacket > defaultMTU {
-		t.Errorf("Read returned a %d-byte packet, over the %d MTU", l.maxPacket, defaultMTU)
+	if maxPacket > defaultMTU {
+		t.Errorf("Read returned a %d-byte packet, over the %d MTU", maxPacket, defaultMTU)
 	}
 }
 

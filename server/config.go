@@ -40,6 +40,16 @@ type Config struct {
 	// HTTP request head on ports shared by host name; 5 when zero.
 	HostnamePeekTimeoutSeconds float64
 
+	// Admission limits on what the internet can hold open (see
+	// forward.GatewayLimits); 0 takes the default.
+	MaxPublicConnections          int // live public connections, in all
+	MaxPublicConnectionsPerSource int // per source IPv4 address or IPv6 /64
+	MaxHostnamePeeks              int // connections whose host name is being read, in all
+	MaxHostnamePeeksPerSource     int // the same per source
+	// ...and on each client's SOCKS5 sessions (forward.EgressLimits).
+	Socks5MaxHandshakesPerClient int
+	Socks5MaxSessionsPerClient   int
+
 	// SOCKS5 egress. The default policy denies private, loopback,
 	// link-local and other non-public destinations; these add to it.
 	Socks5EgressAddress string   // source IP for egress; the OS picks if empty
@@ -83,6 +93,29 @@ func (c *Config) FillDefaults() {
 	if c.HostnamePeekTimeoutSeconds == 0 {
 		c.HostnamePeekTimeoutSeconds = 5
 	}
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.MaxPublicConnections, forward.DefaultMaxConnections)
+	def(&c.MaxPublicConnectionsPerSource, forward.DefaultMaxConnectionsPerSource)
+	def(&c.MaxHostnamePeeks, forward.DefaultMaxPeeks)
+	def(&c.MaxHostnamePeeksPerSource, forward.DefaultMaxPeeksPerSource)
+	def(&c.Socks5MaxHandshakesPerClient, forward.DefaultSocksHandshakesPerClient)
+	def(&c.Socks5MaxSessionsPerClient, forward.DefaultSocksSessionsPerClient)
+}
+
+// maxLimit bounds the admission limits a config may set.
+const maxLimit = 1_000_000
+
+func (c *Config) limits() (forward.GatewayLimits, forward.EgressLimits) {
+	return forward.GatewayLimits{
+			Connections: c.MaxPublicConnections, ConnectionsPerSource: c.MaxPublicConnectionsPerSource,
+			Peeks: c.MaxHostnamePeeks, PeeksPerSource: c.MaxHostnamePeeksPerSource,
+		}, forward.EgressLimits{
+			HandshakesPerClient: c.Socks5MaxHandshakesPerClient, SessionsPerClient: c.Socks5MaxSessionsPerClient,
+		}
 }
 
 // check adds every problem of a config with defaults filled in that can
@@ -99,6 +132,26 @@ func (c *Config) check(p *control.Problems) {
 	CheckLogFormat(p, c.LogFormat)
 	if c.ShutdownGracePeriodSeconds < 0 || c.ShutdownGracePeriodSeconds > 3600 {
 		p.Addf("ShutdownGracePeriodSeconds", "%v is not between 0 and 3600", c.ShutdownGracePeriodSeconds)
+	}
+	for _, l := range []struct {
+		field     string
+		v         int
+		atMost    int
+		atMostWhy string
+	}{
+		{"MaxPublicConnections", c.MaxPublicConnections, 0, ""},
+		{"MaxPublicConnectionsPerSource", c.MaxPublicConnectionsPerSource, c.MaxPublicConnections, "MaxPublicConnections"},
+		{"MaxHostnamePeeks", c.MaxHostnamePeeks, c.MaxPublicConnections, "MaxPublicConnections"},
+		{"MaxHostnamePeeksPerSource", c.MaxHostnamePeeksPerSource, c.MaxHostnamePeeks, "MaxHostnamePeeks"},
+		{"Socks5MaxHandshakesPerClient", c.Socks5MaxHandshakesPerClient, c.Socks5MaxSessionsPerClient, "Socks5MaxSessionsPerClient"},
+		{"Socks5MaxSessionsPerClient", c.Socks5MaxSessionsPerClient, 0, ""},
+	} {
+		switch {
+		case l.v < 1 || l.v > maxLimit:
+			p.Addf(l.field, "%d is not between 1 and %d (leave it out for the default)", l.v, maxLimit)
+		case l.atMost > 0 && l.v > l.atMost:
+			p.Addf(l.field, "%d is more than %s (%d), which bounds it anyway", l.v, l.atMostWhy, l.atMost)
+		}
 	}
 	if c.Socks5EgressAddress != "" {
 		if a, err := netip.ParseAddr(c.Socks5EgressAddress); err != nil || a.Zone() != "" || a.IsUnspecified() {
@@ -176,17 +229,20 @@ func (c *Config) egressPolicy(p *control.Problems) forward.EgressPolicy {
 	if a, err := netip.ParseAddr(c.ManagementAddress); err == nil && c.ManagementPort > 0 && c.ManagementPort < 65536 {
 		pol.DenyAddrPorts = []netip.AddrPort{netip.AddrPortFrom(a, uint16(c.ManagementPort))}
 	}
-	pol.LocalAddrs = localAddrs()
+	// The server's own addresses are read again on use (at most once a
+	// second): one added after start must not pass.
+	self := &forward.SelfAddrs{Read: localAddrs}
+	pol.Self = self.Addrs
 	if p.Len() == 0 {
 		p.AddErr(pol.Validate())
 	}
 	return pol
 }
 
-func localAddrs() []netip.Addr {
+func localAddrs() ([]netip.Addr, error) {
 	ifAddrs, err := net.InterfaceAddrs()
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	var out []netip.Addr
 	for _, ia := range ifAddrs {
@@ -196,5 +252,5 @@ func localAddrs() []netip.Addr {
 			}
 		}
 	}
-	return out
+	return out, nil
 }

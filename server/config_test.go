@@ -36,3 +36,30 @@ func TestServerConfigDefaultsAndProblems(t *testing.T) {
 		}
 	}
 }
+
+func TestServerConfigLimits(t *testing.T) {
+	var c Config
+	c.FillDefaults()
+	gw, eg := c.limits()
+	if gw.Connections != 8192 || gw.ConnectionsPerSource != 256 || gw.Peeks != 512 || gw.PeeksPerSource != 32 ||
+		eg.HandshakesPerClient != 64 || eg.SessionsPerClient != 1024 {
+		t.Fatalf("default limits %+v %+v", gw, eg)
+	}
+	neg := Config{MaxPublicConnections: -1}
+	neg.FillDefaults()
+	if err := checked(&neg); err == nil || !strings.Contains(err.Error(), "MaxPublicConnections: -1 is not between 1 and 1000000") {
+		t.Errorf("negative limit: %v", err)
+	}
+	bad := Config{MaxHostnamePeeks: 9000, MaxHostnamePeeksPerSource: 2_000_000, Socks5MaxHandshakesPerClient: 5000}
+	bad.FillDefaults()
+	err := checked(&bad)
+	for _, want := range []string{
+		"MaxHostnamePeeks: 9000 is more than MaxPublicConnections (8192)",
+		"MaxHostnamePeeksPerSource: 2000000 is not between",
+		"Socks5MaxHandshakesPerClient: 5000 is more than Socks5MaxSessionsPerClient (1024)",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q: %v", want, err)
+		}
+	}
+}

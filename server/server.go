@@ -7,6 +7,8 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -110,6 +112,16 @@ func New(cfg Config, log *slog.Logger) (_ *Server, err error) {
 	return s, nil
 }
 
+// Check reports every problem of cfg that New would refuse before it
+// binds anything (the authentication files are read), in a
+// *control.Problems; nil if there is none. cmd/threshold uses it to list
+// them together with a config file's JSON problems.
+func Check(cfg Config) error {
+	cfg.FillDefaults()
+	_, _, err := cfg.validate(slog.New(slog.DiscardHandler))
+	return err
+}
+
 // validate finds every problem of a config with defaults filled in; the
 // authentication files are read once, and only for an otherwise sound
 // config.
@@ -182,6 +194,7 @@ func (s *Server) startTunnel() (err error) {
 // the clients from the Directory the control plane publishes.
 func (s *Server) startForwarders(policy forward.EgressPolicy) (err error) {
 	s.metrics = newMetrics(func() map[string]control.ClientStatus { return s.plane.Clients() })
+	gwLimits, egressLimits := s.cfg.limits()
 	s.dir.Store(forward.NewDirectory())
 	if s.gw, err = forward.NewGateway(forward.GatewayConfig{
 		Directory: s.dir.Load,
@@ -191,6 +204,7 @@ func (s *Server) startForwarders(policy forward.EgressPolicy) (err error) {
 		PeekTimeout: time.Duration(s.cfg.HostnamePeekTimeoutSeconds * float64(time.Second)),
 		Observe:     s.metrics.observe,
 		Rejected:    func(reason string) { s.metrics.rejected.WithLabelValues(reason).Inc() },
+		Limits:      gwLimits,
 		Logger:      s.log.With("component", "gateway"),
 		// Each UDP tunnel's frames leave from a port of their own.
 		TunnelPacket: func() (net.PacketConn, error) {
@@ -212,6 +226,8 @@ func (s *Server) startForwarders(policy forward.EgressPolicy) (err error) {
 		LocalAddr: egressAddr,
 		Directory: s.dir.Load,
 		Meter:     s.egressMeter,
+		Limits:    egressLimits,
+		Rejected:  func(reason string) { s.metrics.rejected.WithLabelValues(reason).Inc() },
 	}); err != nil {
 		return err
 	}
@@ -324,6 +340,12 @@ func (s *Server) Close() error {
 // accepts it from the peer it belongs to.
 func (s *Server) echoHeartbeats() {
 	buf := make([]byte, 64)
+	var instance uint32
+	for instance == 0 {
+		var b [4]byte
+		rand.Read(b[:])
+		instance = binary.BigEndian.Uint32(b[:])
+	}
 	for {
 		n, from, err := s.hb.ReadFrom(buf)
 		if err != nil {
@@ -334,6 +356,7 @@ func (s *Server) echoHeartbeats() {
 			continue
 		}
 		s.plane.Heard(ua.AddrPort().Addr())
+		forward.SetPingInstance(buf[:n], instance)
 		s.hb.WriteTo(buf[:n], from)
 	}
 }

@@ -124,7 +124,7 @@ func TestInProcess(t *testing.T) {
 	cli, err := client.New(ctx, client.Config{
 		ClientId: "home", ServerHost: "127.0.0.1", ServerTunnelControlPort: udp,
 		ServerPublicKey: srv.PublicKey().String(), PrivateKeyFile: filepath.Join(dir, "client.key"),
-		ServiceToLocalAddrMap: map[string]string{"echo": backend.Addr().String()},
+		ServiceToLocalAddrMap: map[string]client.Service{"echo": client.Addr(backend.Addr().String())},
 	}, quiet())
 	if err != nil {
 		t.Fatal(err)

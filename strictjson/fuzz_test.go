@@ -164,7 +164,7 @@ func FuzzUnmarshal(f *testing.F) {
 //   - a bounded list is the head of the full one, with the same total.
 func agree(t *testing.T, typ reflect.Type, data []byte) {
 	t.Helper()
-	full := check(data, reflect.PointerTo(typ), 1<<30)
+	full := check(data, reflect.PointerTo(typ), 1<<30, 0)
 	kinds := map[Kind]int{}
 	if full != nil {
 		if full.More != 0 {
@@ -232,7 +232,7 @@ func agree(t *testing.T, typ reflect.Type, data []byte) {
 	// A bound keeps the head of the list and the total.
 	if full != nil {
 		for _, n := range []int{1, 2, 3} {
-			b := check(data, reflect.PointerTo(typ), n)
+			b := check(data, reflect.PointerTo(typ), n, 0)
 			if len(b.Problems) > n || len(b.Problems)+b.More != len(full.Problems) {
 				t.Fatalf("bound %d: %d listed + %d more, want %d in all", n, len(b.Problems), b.More, len(full.Problems))
 			}

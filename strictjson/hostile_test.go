@@ -131,3 +131,34 @@ func BenchmarkValidConfig(b *testing.B) {
 		}
 	})
 }
+
+// MaxElements refuses the red-team body of empty objects, which has no
+// other problem, without decoding it: one problem, and no allocation per
+// element.
+func TestMaxElements(t *testing.T) {
+	body := []byte("[" + strings.TrimSuffix(strings.Repeat("{},", hostileEntries), ",") + "]")
+	var ts []tunnel
+	opts := Options{MaxElements: 1000}
+	expect(t, opts.Unmarshal(body, &ts), want{KindLimit, "", 1, 1, "more than 1000 elements: at most 1000 are allowed"})
+	if ts != nil {
+		t.Fatal("destination changed")
+	}
+	allocs := testing.AllocsPerRun(3, func() { opts.Unmarshal(body, &ts) })
+	if allocs > 100 {
+		t.Errorf("%.0f allocations for a refused body of %d elements", allocs, hostileEntries)
+	}
+	// Nested arrays are bounded too, and the limit is listed even when
+	// the list is full; elements past it are still checked for syntax.
+	var c struct{ Clients []registration }
+	in := `{"Clients": [` + strings.Repeat(`{"x":1},`, 30) + `{}]}`
+	err := Options{MaxElements: 25}.Unmarshal([]byte(in), &c)
+	ps := problemsOf(t, err)
+	if last := ps[len(ps)-1]; last.Kind != KindLimit || last.Path != "Clients" || len(ps) != DefaultMaxProblems {
+		t.Fatalf("%v", err)
+	}
+	expect(t, Options{MaxElements: 2}.Unmarshal([]byte(`[{}, {}, {}, {"ListenPort": ]`), &ts),
+		want{KindLimit, "", 1, 1, "at most 2"}, want{KindSyntax, "[3].ListenPort", 1, 29, "want a value"})
+	if err := (Options{MaxElements: 3}).Unmarshal([]byte(`[{}, {}, {}]`), &ts); err != nil || len(ts) != 3 {
+		t.Fatal(err, ts)
+	}
+}

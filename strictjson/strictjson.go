@@ -51,6 +51,12 @@ type Options struct {
 	// MaxProblems bounds Error.Problems; further problems are only counted
 	// in Error.More. Zero or less means DefaultMaxProblems.
 	MaxProblems int
+	// MaxElements, if positive, bounds every JSON array: one with more
+	// elements is a KindLimit problem, and the elements past the bound
+	// are only checked for syntax. A size limit on the input bounds the
+	// bytes; this bounds what decoding them would allocate (a megabyte of
+	// "{}," is 340,000 structs).
+	MaxElements int
 }
 
 // Unmarshal decodes data, which must hold exactly one JSON value, into v,
@@ -78,7 +84,7 @@ func (o Options) Unmarshal(data []byte, v any) error {
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return &json.InvalidUnmarshalError{Type: reflect.TypeOf(v)}
 	}
-	if e := check(data, rv.Type(), o.max()); e != nil {
+	if e := check(data, rv.Type(), o.max(), o.MaxElements); e != nil {
 		return e
 	}
 	fresh := reflect.New(rv.Type().Elem())
@@ -102,7 +108,7 @@ func (o Options) max() int {
 // Error is what Unmarshal returns for a refused input: the problems in the
 // order of the input, at most Options.MaxProblems of them, and how many
 // more were found. A syntax error, which ends the walk, is always listed,
-// last.
+// last; so is an array over Options.MaxElements, in its place.
 type Error struct {
 	Problems []Problem
 	More     int // problems found beyond those listed
@@ -138,6 +144,7 @@ const (
 	KindDuplicate Kind = "duplicate" // a key given twice in one object, or a field set twice
 	KindType      Kind = "type"      // a value of the wrong type or out of range
 	KindValue     Kind = "value"     // refused by the type's own decoding (UnmarshalJSON, UnmarshalText, base64, json.Number)
+	KindLimit     Kind = "limit"     // an array longer than Options.MaxElements
 )
 
 // String is the problem on one line: where, what, why.

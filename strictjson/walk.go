@@ -25,6 +25,7 @@ type walker struct {
 	data  []byte
 	pos   int
 	max   int
+	elems int // Options.MaxElements; 0 for no bound
 	probs []Problem
 	more  int
 	hard  int // problems of KindType and KindValue, listed or not
@@ -55,8 +56,8 @@ type pathElem struct {
 
 // check walks data against ptr, the type of the pointer handed to
 // Unmarshal, and returns the problems found, or nil.
-func check(data []byte, ptr reflect.Type, max int) *Error {
-	w := &walker{data: data, max: max, types: map[reflect.Type]*typeInfo{}, lcLine: 1}
+func check(data []byte, ptr reflect.Type, max, elems int) *Error {
+	w := &walker{data: data, max: max, elems: elems, types: map[reflect.Type]*typeInfo{}, lcLine: 1}
 	w.skipSpace()
 	switch {
 	case w.pos == len(data) && len(data) == 0:
@@ -99,8 +100,9 @@ func (w *walker) problem(kind Kind, off int, format string, args ...any) {
 	}
 }
 
-// stop records what ends the walk. It is always listed: if the list is
-// full, it takes the last place.
+// stop records what ends the walk, or what decides it (an array over
+// MaxElements). It is always listed: if the list is full, it takes the
+// last place.
 func (w *walker) stop(kind Kind, off int, msg string) {
 	if len(w.probs) >= w.max {
 		w.probs = w.probs[:w.max-1]
@@ -724,6 +726,16 @@ func (w *walker) array(t reflect.Type, skip bool, start int) bool {
 		if i >= limit && limit >= 0 {
 			if i == limit {
 				w.problem(KindUnknown, w.pos, "too many elements: the array holds %d", limit)
+			}
+			vt = nil
+		}
+		if w.elems > 0 && i >= w.elems {
+			if i == w.elems {
+				// Listed whatever else was found: it is the verdict on
+				// the whole array, and it is why decoding never runs.
+				w.path = w.path[:len(w.path)-1]
+				w.stop(KindLimit, start, fmt.Sprintf("more than %d elements: at most %d are allowed", w.elems, w.elems))
+				w.path = append(w.path, pathElem{kind: 'i', index: i})
 			}
 			vt = nil
 		}

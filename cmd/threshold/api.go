@@ -56,7 +56,7 @@ func (f *apiFlags) client() (*apiClient, error) {
 	base, tokenFile, caFile := f.url, f.tokenFile, f.caFile
 	if f.config != "" {
 		var cfg server.Config
-		if err := loadConfig(f.config, &cfg); err != nil {
+		if err := loadConfig(f.config, &cfg, func() error { return server.Check(cfg) }); err != nil {
 			return nil, err
 		}
 		cfg.FillDefaults()

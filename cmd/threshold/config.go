@@ -1,40 +1,23 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/thresholdtunnel/threshold/control"
 )
 
 // maxConfigBytes bounds a config file.
 const maxConfigBytes = 1 << 20
 
-// decodeStrict reads one JSON object of at most limit bytes, refusing
-// unknown fields and trailing data.
-func decodeStrict(r io.Reader, v any, limit int) error {
-	data, err := io.ReadAll(io.LimitReader(r, int64(limit)+1))
-	if err != nil {
-		return err
-	}
-	if len(data) > limit {
-		return fmt.Errorf("larger than %d bytes", limit)
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("malformed JSON: %w", err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errors.New("malformed JSON: more than one value")
-	}
-	return nil
-}
-
-// loadConfig decodes a config file strictly into v.
-func loadConfig(path string, v any) error {
+// loadConfig decodes a config file strictly into v. Every problem of the
+// JSON is listed with its line, column and field path; when the JSON
+// left something meaningful (unknown or case-folded names, duplicate keys,
+// values of the wrong type), check's problems are listed too, in the same
+// *control.Problems, so that one run tells the user everything to fix.
+func loadConfig(path string, v any, check func() error) error {
 	if path == "" {
 		return errors.New("--config is required")
 	}
@@ -43,8 +26,16 @@ func loadConfig(path string, v any) error {
 		return fmt.Errorf("reading config: %w", err)
 	}
 	defer f.Close()
-	if err := decodeStrict(f, v, maxConfigBytes); err != nil {
-		return fmt.Errorf("config %s: %w", path, err)
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigBytes+1))
+	if err != nil {
+		return fmt.Errorf("reading config %s: %w", path, err)
 	}
-	return nil
+	if len(data) > maxConfigBytes {
+		return fmt.Errorf("config %s: larger than %d bytes", path, maxConfigBytes)
+	}
+	probs := control.NewProblems(control.ErrInvalid, "config "+path)
+	if (control.JSON{}).Decode(data, v, probs) && probs.Len() > 0 && check != nil {
+		probs.AddErr(check())
+	}
+	return probs.Err()
 }

@@ -132,7 +132,11 @@ func (d *demo) run() error {
 	clientCfg := client.Config{
 		ClientId: "TestClient1", ServerHost: "127.0.0.1", ServerTunnelControlPort: tunnelPort,
 		ServerPublicKey: serverKey.PublicKey().String(), PrivateKeyFile: filepath.Join(d.dir, "client.key"),
-		ServiceToLocalAddrMap: map[string]string{"fooService": backend.Addr().String()},
+		// The client's own choice: a PROXY v1 header for this backend,
+		// whatever the server asks. Its sender is on loopback, which a
+		// client believes only when told to.
+		ServiceToLocalAddrMap: map[string]client.Service{"fooService": client.WithProxy(backend.Addr().String(), 1)},
+		ProxySourceAllowCIDRs: []string{"127.0.0.0/8"},
 	}
 
 	// Shown as they run, defaults filled in.

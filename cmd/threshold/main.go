@@ -160,7 +160,7 @@ func printError(w io.Writer, prefix string, err error) {
 
 func serve(ctx context.Context, path string, stderr io.Writer) error {
 	var cfg server.Config
-	if err := loadConfig(path, &cfg); err != nil {
+	if err := loadConfig(path, &cfg, func() error { return server.Check(cfg) }); err != nil {
 		return err
 	}
 	log := newLogger(stderr, cfg.DebugLog, cfg.LogFormat).With("role", "server")
@@ -173,7 +173,7 @@ func serve(ctx context.Context, path string, stderr io.Writer) error {
 
 func connect(ctx context.Context, path string, stderr io.Writer) error {
 	var cfg client.Config
-	if err := loadConfig(path, &cfg); err != nil {
+	if err := loadConfig(path, &cfg, func() error { return client.Check(cfg) }); err != nil {
 		return err
 	}
 	log := newLogger(stderr, cfg.DebugLog, cfg.LogFormat).With("role", "client")

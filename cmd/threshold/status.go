@@ -87,7 +87,7 @@ func clientConfigStatus(path string) (isClient bool, addr string, err error) {
 		return false, "", nil
 	}
 	var cfg client.Config
-	if err := loadConfig(path, &cfg); err != nil {
+	if err := loadConfig(path, &cfg, func() error { return client.Check(cfg) }); err != nil {
 		return true, "", err
 	}
 	if cfg.StatusListenAddress == "" {

@@ -320,7 +320,8 @@ cat >"$WORK/etc/client.json" <<EOF
   "ServerTunnelControlPort": $TUNNEL_PORT,
   "ServerPublicKey": "$SERVER_KEY",
   "StateDir": "/var/lib/threshold",
-  "ServiceToLocalAddrMap": { "fooService": "$BACKEND_ADDR" }
+  "ServiceToLocalAddrMap": { "fooService": "$BACKEND_ADDR" },
+  "ProxySourceAllowCIDRs": ["127.0.0.0/8"]
 }
 EOF
 chmod 644 "$WORK/etc/client.json"

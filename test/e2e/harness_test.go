@@ -294,6 +294,9 @@ func startClientWith(t testing.TB, s *server, id string, key wg.Key, services ma
 	c.config = map[string]any{
 		"DebugLog": true, "ClientId": id, "ServerHost": "127.0.0.1", "ServerTunnelControlPort": s.tunnelPort,
 		"ServerPublicKey": s.key.PublicKey().String(), "PrivateKeyFile": keyFile, "ServiceToLocalAddrMap": services,
+		// The tests' senders are on loopback, which a client does not
+		// believe as a PROXY source unless told to.
+		"ProxySourceAllowCIDRs": []string{"127.0.0.0/8", "::1/128"},
 	}
 	for k, v := range extra {
 		c.config[k] = v

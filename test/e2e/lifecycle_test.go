@@ -218,7 +218,7 @@ func TestCLI(t *testing.T) {
 		{"server", `{"TunnelControlPort":70000,"ManagementPort":-1,"ManagementAddress":"localhost","Clients":[{"ClientId":"","PublicKey":"nope"},{"ClientId":"x","PublicKey":"nope"},{"ClientId":"x"}]}`,
 			[]string{"TunnelControlPort", "ManagementPort", "ManagementAddress", "Clients[0].ClientId", "Clients[0].PublicKey", "Clients[2].ClientId"}},
 		{"server", `{"TunnelControlPort":9056,"Bogus":true}`, []string{"Bogus"}},
-		{"server", `{"TunnelControlPort":`, []string{"malformed"}},
+		{"server", `{"TunnelControlPort":`, []string{"line 1, column 22: TunnelControlPort: unexpected end of input"}},
 		{"client", `{"ServerTunnelControlPort":0,"ServiceToLocalAddrMap":{"web":"nohost","":"127.0.0.1:1"}}`,
 			[]string{"ClientId", "ServerHost", "ServerPublicKey", `ServiceToLocalAddrMap["web"]`, `ServiceToLocalAddrMap[""]`}},
 	} {

@@ -90,7 +90,9 @@ func TestManagementMutualTLS(t *testing.T) {
 	writeJSON(t, filepath.Join(srv.dir, "server.json"), srv.config)
 	srv.proc = startProc(t, "server", "server", "--config", filepath.Join(srv.dir, "server.json"))
 
-	call := func(certFile, keyFile string) (int, error) {
+	var callPath func(certFile, keyFile, path string) (int, error)
+	call := func(certFile, keyFile string) (int, error) { return callPath(certFile, keyFile, "/clients") }
+	callPath = func(certFile, keyFile, path string) (int, error) {
 		cfg := &tls.Config{RootCAs: ca.pool}
 		if certFile != "" {
 			c, err := tls.LoadX509KeyPair(certFile, keyFile)
@@ -100,7 +102,7 @@ func TestManagementMutualTLS(t *testing.T) {
 			cfg.Certificates = []tls.Certificate{c}
 		}
 		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
-		resp, err := client.Get(fmt.Sprintf("https://127.0.0.1:%d/clients", srv.mgmtPort))
+		resp, err := client.Get(fmt.Sprintf("https://127.0.0.1:%d%s", srv.mgmtPort, path))
 		if err != nil {
 			return 0, err
 		}
@@ -108,9 +110,21 @@ func TestManagementMutualTLS(t *testing.T) {
 		return resp.StatusCode, nil
 	}
 	waitUntil(t, 15*time.Second, "mTLS API", func() bool { code, _ := call(goodCert, goodKey); return code == 200 })
-	for name, files := range map[string][2]string{"no certificate": {}, "expired": {expiredCert, expiredKey}, "wrong CA": {strangerCert, strangerKey}} {
+	for name, files := range map[string][2]string{"expired": {expiredCert, expiredKey}, "wrong CA": {strangerCert, strangerKey}} {
 		if code, err := call(files[0], files[1]); err == nil {
 			t.Errorf("%s: answered %d, want the TLS handshake refused", name, code)
+		}
+	}
+	// Issue 15: /healthz needs no certificate, as documented (before, the
+	// handshake required one); the API still does, and the CA's own
+	// certificate is not a client's.
+	if code, err := callPath("", "", "/healthz"); err != nil || code != 200 {
+		t.Errorf("/healthz without a certificate: %d %v", code, err)
+	}
+	caCert, caKey := ca.write(t, "ca-as-client", ca.cert.Raw, ca.key)
+	for name, files := range map[string][2]string{"no certificate": {}, "the CA's certificate": {caCert, caKey}} {
+		if code, err := call(files[0], files[1]); err != nil || code != http.StatusForbidden {
+			t.Errorf("%s: %d %v, want 403", name, code, err)
 		}
 	}
 	// Plain HTTP on the TLS port gets nowhere either.

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -22,6 +23,8 @@ import (
 type netns struct {
 	prefix string
 }
+
+var netnsCount atomic.Int32
 
 const (
 	inetAddr   = "198.51.100.20"
@@ -47,7 +50,9 @@ func newNetns(t *testing.T) *netns {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("needs ip(8) from iproute2 (.ci/run installs it)")
 	}
-	n := &netns{prefix: fmt.Sprintf("thr%d-", os.Getpid()%100000)}
+	// Unique per test too, so that tests with namespaces may run in
+	// parallel.
+	n := &netns{prefix: fmt.Sprintf("thr%d-%d-", os.Getpid()%100000, netnsCount.Add(1))}
 	hosts := []string{"inet", "srv", "home"}
 	t.Cleanup(func() {
 		for _, h := range hosts {

@@ -97,6 +97,7 @@ func TestRootless(t *testing.T) {
 		"DebugLog": true, "ClientId": "Rootless1", "ServerHost": "127.0.0.1", "ServerTunnelControlPort": s.tunnelPort,
 		"ServerPublicKey": s.key.PublicKey().String(), "StateDir": clientState,
 		"ServiceToLocalAddrMap": map[string]string{"fooService": back.addr},
+		"ProxySourceAllowCIDRs": []string{"127.0.0.0/8"}, // the senders are on loopback
 	})
 	// The client finds its config through THRESHOLD_CONFIG, as in a container.
 	cl := startAsNobody(t, setpriv, dir, "client Rootless1", []string{"THRESHOLD_CONFIG=" + clientConfig}, bin, "client")

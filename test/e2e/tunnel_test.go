@@ -216,10 +216,10 @@ func TestBadInput(t *testing.T) {
 		code       int
 		mentions   []string
 	}{
-		{"malformed JSON", `[{"ListenPort":`, 400, []string{"malformed"}},
-		{"not a list", `{"ListenPort":1}`, 400, []string{"malformed"}},
+		{"malformed JSON", `[{"ListenPort":`, 400, []string{"offset 15: tunnels[0].ListenPort: unexpected end of input"}},
+		{"not a list", `{"ListenPort":1}`, 400, []string{"offset 0: tunnels: want an array, got an object"}},
 		{"null", `null`, 400, []string{"list"}},
-		{"trailing data", `[] []`, 400, []string{"more than one"}},
+		{"trailing data", `[] []`, 400, []string{"only one value is allowed"}},
 		{"unknown field", fmt.Sprintf(`[{"ListenPort":%d,"BackEndService":"web","ClientId":"home","Bogus":1}]`, other), 400, []string{"Bogus"}},
 		{"every problem at once", `[{"ListenAddress":"nowhere","ListenPort":0,"BackEndService":"","ClientId":""}]`, 400,
 			[]string{"ListenAddress", "ListenPort", "BackEndService", "ClientId"}},

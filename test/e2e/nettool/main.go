@@ -35,13 +35,14 @@ func main() {
 	body := fs.String("body", "", "HTTP body")
 	token := fs.String("token", "", "bearer token for HTTP")
 	timeout := fs.Duration("timeout", 10*time.Second, "bound on the operation")
+	deadline := fs.Duration("deadline", 30*time.Second, "echo services: how long a connection may last")
 	fs.Parse(os.Args[2:])
 	var err error
 	switch os.Args[1] {
 	case "echo-source":
-		err = serve(*listen, false)
+		err = serve(*listen, false, *deadline)
 	case "proxy-backend":
-		err = serve(*listen, true)
+		err = serve(*listen, true, *deadline)
 	case "dial":
 		err = dial(*addr, *msg, *timeout)
 	case "socks":
@@ -64,7 +65,7 @@ func main() {
 
 // serve answers each connection with "SRC <source address>\n", then echoes
 // until EOF. With PROXY, the source comes from a required PROXY header.
-func serve(addr string, withProxy bool) error {
+func serve(addr string, withProxy bool, deadline time.Duration) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
@@ -83,7 +84,7 @@ func serve(addr string, withProxy bool) error {
 		}
 		go func() {
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(30 * time.Second))
+			c.SetDeadline(time.Now().Add(deadline))
 			fmt.Fprintf(c, "SRC %s\n", c.RemoteAddr())
 			io.Copy(c, c)
 		}()
