@@ -130,12 +130,18 @@ func TestReachabilityCheck(t *testing.T) {
 	srv.token = token
 	web := startBackend(t, "web", false)
 	mail, mailBytes := smtpBackend(t)
+	dns, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dns.Close()
 	cl := startClient(t, srv, "home", ck, map[string]string{
 		"web": web.addr, "mail": mail, "down": tcpAddr(freePort(t, "tcp")), "silent": silentPort(t),
+		"dns": dns.LocalAddr().String(), "nodns": tcpAddr(freePort(t, "udp")),
 	})
 	srv.waitState(t, "home", "ClientConnected", 30*time.Second)
 	port := map[string]int{}
-	for _, name := range []string{"web", "mail", "unknown", "down", "silent", "away", "named"} {
+	for _, name := range []string{"web", "mail", "unknown", "down", "silent", "away", "named", "dns", "nodns"} {
 		port[name] = freePort(t, "tcp")
 	}
 	ts := []tunnel{
@@ -147,6 +153,8 @@ func TestReachabilityCheck(t *testing.T) {
 		{ListenAddress: "127.0.0.1", ListenPort: port["away"], BackEndService: "web", ClientId: "away"},
 		{ListenAddress: "127.0.0.1", ListenPort: port["named"], ListenHostnameGlob: "a.example.com", BackEndService: "web", ClientId: "home"},
 		{ListenAddress: "127.0.0.1", ListenPort: port["named"], ListenHostnameGlob: "*.example.com", BackEndService: "down", ClientId: "home"},
+		{Protocol: "udp", ListenAddress: "127.0.0.1", ListenPort: port["dns"], BackEndService: "dns", ClientId: "home"},
+		{Protocol: "udp", ListenAddress: "127.0.0.1", ListenPort: port["nodns"], BackEndService: "nodns", ClientId: "home"},
 	}
 	srv.mustPutTunnels(t, ts)
 
@@ -172,7 +180,7 @@ func TestReachabilityCheck(t *testing.T) {
 		byPort[r.Tunnel.ListenPort] = r
 	}
 	want := map[string]string{"web": "", "mail": "", "unknown": "unknown_service", "down": "backend_refused",
-		"silent": "backend_timeout", "away": "no_client_connected", "named": ""}
+		"silent": "backend_timeout", "away": "no_client_connected", "named": "", "dns": "", "nodns": "backend_refused"}
 	for name, reason := range want {
 		r := byPort[port[name]]
 		if r.Reason != reason || r.OK != (reason == "") {
@@ -195,6 +203,13 @@ func TestReachabilityCheck(t *testing.T) {
 	}
 	if code, body, _ := srv.call("POST", "/tunnels/check", map[string]any{"Tunnels": []map[string]any{{"ListenPort": 1}}}); code != http.StatusNotFound {
 		t.Errorf("naming no tunnel: %d %s", code, body)
+	}
+
+	// A UDP service got one empty datagram from the check, nothing else.
+	dns.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	if n, _, err := dns.ReadFrom(buf); err != nil || n != 0 {
+		t.Errorf("the UDP service got %d bytes (%v), want one empty datagram", n, err)
 	}
 
 	// threshold check from outside: the public port, then the tunnel.
@@ -228,6 +243,10 @@ func TestReachabilityCheck(t *testing.T) {
 	// The firewall: a public port nobody listens on.
 	if out, errOut, code := runCLI(t, "", append([]string{"check", tcpAddr(freePort(t, "tcp"))}, api...)...); code != 1 || !strings.Contains(errOut, "no TCP tunnel listens on port") {
 		t.Errorf("threshold check of a port without a tunnel: exit %d\n%s%s", code, out, errOut)
+	}
+	// A UDP port cannot be probed from outside; the answer says what can.
+	if out, errOut, code := runCLI(t, "", append([]string{"check", tcpAddr(port["dns"])}, api...)...); code != 1 || !strings.Contains(errOut, "UDP tunnel") {
+		t.Errorf("threshold check of a UDP port: exit %d\n%s%s", code, out, errOut)
 	}
 	// Without credentials the API refuses to arm.
 	if out, errOut, code := runCLI(t, "", "check", tcpAddr(port["web"]), "--management", srv.api); code != 1 || !strings.Contains(errOut, "401") {
