@@ -1,8 +1,10 @@
-// Package client is threshold's home client assembled: the gVisor stack and
-// WireGuard device, the connector that serves tunneled connections from the
-// client's own ServiceToLocalAddrMap, the heartbeats, and the local SOCKS5
-// port relayed to the server. cmd/threshold turns a config file into a
-// Config and runs New, Run and Close.
+// Package client is threshold's home client assembled: for each server it
+// attaches to, a gVisor stack and WireGuard device, the connector that
+// serves tunneled connections from the client's own ServiceToLocalAddrMap,
+// and the heartbeats (link.go); the local SOCKS5 port relayed to the first
+// connected server; and the local status endpoint (status.go).
+// cmd/threshold turns a config file into a Config and runs New, Run and
+// Close.
 package client
 
 import (
@@ -11,9 +13,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
+	"net/http"
+	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/thresholdtunnel/threshold/control"
@@ -23,37 +25,26 @@ import (
 	"github.com/thresholdtunnel/threshold/wg"
 )
 
-const (
-	// heartbeatInterval is how often the client pings the server; the
-	// server calls it connected while the last ping is younger than
-	// control.DefaultHeartbeatTimeout.
-	heartbeatInterval = time.Second
-	// persistentKeepalive keeps the NAT mapping towards the server open.
-	persistentKeepalive = 25 * time.Second
-	// reresolveAfter: when the server has not answered for this long, look
-	// its host name up again in case its address changed.
-	reresolveAfter = 30 * time.Second
-)
+// socksFailoverDialTimeout bounds a dial to one server's SOCKS5 service
+// when another connected server could take the connection instead.
+const socksFailoverDialTimeout = 2 * time.Second
 
 // Client is a running threshold client.
 type Client struct {
-	log       *slog.Logger
-	cfg       Config
-	key       wg.Key
-	serverKey wg.Key
-	endpoint  netip.AddrPort // owned by the ping loop once Run starts
-	stack     *netstack.Stack
-	dev       *wg.Device
-	conn      *forward.Connector
-	connLn    net.Listener
-	udp       *forward.UDPConnector
-	udpPC     net.PacketConn
-	relay     *forward.Relay
-	socksLn   net.Listener
-	hb        net.Conn
+	log      *slog.Logger
+	cfg      Config
+	key      wg.Key
+	links    []*link // in the order of Config.Servers
+	relay    *forward.Relay
+	socksLn  net.Listener
+	statusLn net.Listener
+	status   *http.Server
+	started  time.Time
 
-	lastPong  atomic.Int64    // unix nanos of the last heartbeat answer
-	instance  uint32          // the server's, from its heartbeat answers; owned by readPongs
+	changed chan struct{} // a link's state moved; capacity 1
+	viaMu   sync.Mutex
+	via     int // the link SOCKS5 egress uses now; -1 for none
+
 	ctx       context.Context // ends with Close
 	cancel    context.CancelFunc
 	closers   []func() error // what Close undoes, in the order it was built
@@ -62,8 +53,9 @@ type Client struct {
 }
 
 // New checks cfg (every problem at once, in a *control.Problems), then
-// builds the client and binds its sockets. It serves nothing until Run.
-// On error nothing is left open.
+// builds the client and binds its sockets. It needs no network: server
+// names are looked up, with retries, once Run starts. It serves nothing
+// until Run. On error nothing is left open.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Client, err error) {
 	if log == nil {
 		return nil, errors.New("client: a logger is required")
@@ -74,9 +66,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Client, err erro
 	if err := probs.Err(); err != nil {
 		return nil, err
 	}
-	c := &Client{log: log, cfg: cfg}
+	c := &Client{log: log, cfg: cfg, changed: make(chan struct{}, 1), via: -1, started: time.Now()}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	c.serverKey, _ = wg.ParseKey(cfg.ServerPublicKey) // checked
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -85,89 +76,135 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *Client, err erro
 	if c.key, err = keyfile.Load(cfg.PrivateKeyFile, log); err != nil {
 		return nil, err
 	}
-	if c.endpoint, err = resolveServer(ctx, cfg.ServerHost, cfg.ServerTunnelControlPort); err != nil {
-		return nil, err
+	for i, srv := range cfg.servers() {
+		l, err := newLink(c, i, srv, c.onClose)
+		if err != nil {
+			return nil, fmt.Errorf("server %s: %w", srv, err)
+		}
+		c.links = append(c.links, l)
 	}
-	if err := c.startTunnel(); err != nil {
-		return nil, err
-	}
-	cc := cfg.connectorConfig()
-	cc.Logger = log.With("component", "connector")
-	if c.conn, err = forward.NewConnector(cc); err != nil {
-		return nil, err
-	}
-	c.onClose(c.conn.Close)
-	uc := cfg.udpConnectorConfig()
-	uc.Logger = log.With("component", "udp")
-	if c.udp, err = forward.NewUDPConnector(uc); err != nil {
-		return nil, err
-	}
-	c.onClose(c.udp.Close)
 	if cfg.Socks5ListenAddress != "" {
 		if err := c.startRelay(); err != nil {
 			return nil, err
 		}
 	}
+	if cfg.StatusListenAddress != "" {
+		if err := c.startStatus(); err != nil {
+			return nil, err
+		}
+	}
 	log.Info("threshold client started", "client", cfg.ClientId, "public_key", c.key.PublicKey().String(),
-		"tunnel_address", wg.ClientAddr(c.key.PublicKey()), "server", c.endpoint)
+		"tunnel_address", wg.ClientAddr(c.key.PublicKey()), "servers", len(c.links))
+	for _, l := range c.links {
+		l.announce()
+	}
 	return c, nil
 }
 
-// Check reports every problem of cfg that New would refuse before it
-// does anything, in a *control.Problems; nil if there is none.
-func Check(cfg Config) error {
-	cfg.FillDefaults()
-	probs := control.NewProblems(control.ErrInvalid, "client config")
-	cfg.check(probs)
-	return probs.Err()
-}
-
-// startTunnel brings up the stack, the WireGuard device with the server as
-// its peer, and the client's sockets inside the tunnel.
-func (c *Client) startTunnel() (err error) {
-	addr := wg.ClientAddr(c.key.PublicKey())
-	if c.stack, err = netstack.New(netstack.Options{Addresses: []netip.Addr{addr}}); err != nil {
-		return err
-	}
-	c.onClose(c.stack.Close)
-	if c.dev, err = wg.New(wg.Config{PrivateKey: c.key, TUN: c.stack, Logger: c.log.With("component", "wireguard")}); err != nil {
-		return err
-	}
-	c.onClose(c.dev.Close) // before the stack's: the device closes its TUN itself
-	if err = c.dev.SetPeer(c.serverPeer()); err != nil {
-		return err
-	}
-	if c.connLn, err = c.stack.ListenTCP(netip.AddrPortFrom(netip.IPv6Unspecified(), forward.ConnectorPort)); err != nil {
-		return fmt.Errorf("listening in the tunnel: %w", err)
-	}
-	c.onClose(c.connLn.Close)
-	if c.udpPC, err = c.stack.ListenUDPBuffered(netip.AddrPortFrom(netip.IPv6Unspecified(), forward.UDPConnectorPort), forward.UDPTunnelSocketBuffer); err != nil {
-		return fmt.Errorf("listening for UDP in the tunnel: %w", err)
-	}
-	c.onClose(c.udpPC.Close)
-	if c.hb, err = c.stack.DialUDP(netip.AddrPortFrom(wg.ServerAddr, forward.HeartbeatPort)); err != nil {
-		return fmt.Errorf("heartbeat socket: %w", err)
-	}
-	c.onClose(c.hb.Close)
-	return nil
-}
-
-// startRelay opens the local SOCKS5 port, relayed to the server.
+// startRelay opens the local SOCKS5 port, relayed to the first connected
+// server.
 func (c *Client) startRelay() (err error) {
 	if c.socksLn, err = net.Listen("tcp", c.cfg.Socks5ListenAddress); err != nil {
 		return fmt.Errorf("Socks5ListenAddress: %w", err)
 	}
 	c.onClose(c.socksLn.Close)
-	socksServer := netip.AddrPortFrom(wg.ServerAddr, forward.SocksPort)
 	if c.relay, err = forward.NewRelay(forward.RelayConfig{
-		Dial:   func(ctx context.Context) (net.Conn, error) { return c.stack.DialTCP(ctx, socksServer) },
+		Dial:   c.dialSocks,
 		Logger: c.log.With("component", "socks5"),
 	}); err != nil {
 		return err
 	}
 	c.onClose(c.relay.Close)
-	c.log.Info("SOCKS5 proxy listening; connections leave from the server", "address", c.socksLn.Addr().String())
+	c.log.Info("SOCKS5 proxy listening; connections leave from the first connected server", "address", c.socksLn.Addr().String(), "order", c.serverNames())
 	return nil
+}
+
+// serverNames lists the servers in order, for logs.
+func (c *Client) serverNames() string {
+	names := make([]string, len(c.links))
+	for i, l := range c.links {
+		names[i] = l.srv.String()
+	}
+	return strings.Join(names, ", ")
+}
+
+// dialSocks reaches the SOCKS5 service of the first connected server that
+// answers, in the order of the config.
+func (c *Client) dialSocks(ctx context.Context) (net.Conn, error) {
+	var candidates []*link
+	for _, l := range c.links {
+		if l.connected() {
+			candidates = append(candidates, l)
+		}
+	}
+	if len(candidates) == 0 {
+		return nil, fmt.Errorf("no server is connected (servers: %s)", c.serverNames())
+	}
+	var errs []error
+	for i, l := range candidates {
+		dctx, cancel := ctx, context.CancelFunc(func() {})
+		if i < len(candidates)-1 {
+			dctx, cancel = context.WithTimeout(ctx, socksFailoverDialTimeout)
+		}
+		conn, err := l.dialSocks(dctx)
+		cancel()
+		if err == nil {
+			return conn, nil
+		}
+		errs = append(errs, fmt.Errorf("server %s: %w", l.srv, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, errors.Join(errs...)
+}
+
+// notify tells the client that a link's state moved.
+func (c *Client) notify() {
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+}
+
+// watchSocks follows which server SOCKS5 egress leaves from, and logs
+// each change with the order.
+func (c *Client) watchSocks(ctx context.Context) {
+	for {
+		via := -1
+		for i, l := range c.links {
+			if l.connected() {
+				via = i
+				break
+			}
+		}
+		c.viaMu.Lock()
+		old := c.via
+		c.via = via
+		c.viaMu.Unlock()
+		if via != old && c.relay != nil {
+			if via >= 0 {
+				c.log.Info("SOCKS5 egress now leaves from server", "server", c.links[via].srv.String(), "order", c.serverNames())
+			} else {
+				c.log.Warn("SOCKS5 egress has no connected server; its connections are refused until one answers", "order", c.serverNames())
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.changed:
+		}
+	}
+}
+
+// socksVia is the server SOCKS5 egress leaves from now; nil for none.
+func (c *Client) socksVia() *link {
+	c.viaMu.Lock()
+	defer c.viaMu.Unlock()
+	if c.via < 0 {
+		return nil
+	}
+	return c.links[c.via]
 }
 
 // onClose adds a step to Close; steps run in reverse order.
@@ -176,38 +213,9 @@ func (c *Client) onClose(f func() error) { c.closers = append(c.closers, f) }
 // PublicKey is the client's WireGuard public key.
 func (c *Client) PublicKey() wg.Key { return c.key.PublicKey() }
 
-// Stack is the client's netstack, for in-process measurements.
-func (c *Client) Stack() *netstack.Stack { return c.stack }
-
-func (c *Client) serverPeer() wg.Peer {
-	return wg.Peer{
-		PublicKey:           c.serverKey,
-		AllowedIPs:          []netip.Prefix{netip.PrefixFrom(wg.ServerAddr, 128)},
-		Endpoint:            c.endpoint,
-		PersistentKeepalive: persistentKeepalive,
-	}
-}
-
-func resolveServer(ctx context.Context, host string, port int) (netip.AddrPort, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("resolving ServerHost %q: %w", host, err)
-	}
-	if len(addrs) == 0 {
-		return netip.AddrPort{}, fmt.Errorf("resolving ServerHost %q: no addresses", host)
-	}
-	// Prefer IPv4: it is what most home NATs route.
-	best := addrs[0]
-	for _, a := range addrs {
-		if a.Unmap().Is4() {
-			best = a
-			break
-		}
-	}
-	return netip.AddrPortFrom(best.Unmap(), uint16(port)), nil
-}
+// Stack is the netstack of the client's first server, for in-process
+// measurements.
+func (c *Client) Stack() *netstack.Stack { return c.links[0].stack }
 
 // Run serves until ctx ends or Close is called, then closes everything.
 func (c *Client) Run(ctx context.Context) error {
@@ -224,11 +232,15 @@ func (c *Client) Run(ctx context.Context) error {
 		c.wg.Add(1)
 		go func() { defer c.wg.Done(); c.relay.Serve(c.socksLn) }()
 	}
-	c.wg.Add(4)
-	go func() { defer c.wg.Done(); c.conn.Serve(c.connLn) }()
-	go func() { defer c.wg.Done(); c.udp.Serve(c.udpPC) }()
-	go func() { defer c.wg.Done(); c.readPongs(ctx) }()
-	go func() { defer c.wg.Done(); c.ping(ctx) }()
+	if c.status != nil {
+		c.wg.Add(1)
+		go func() { defer c.wg.Done(); c.serveStatus() }()
+	}
+	for _, l := range c.links {
+		l.serve(ctx, &c.wg)
+	}
+	c.wg.Add(1)
+	go func() { defer c.wg.Done(); c.watchSocks(ctx) }()
 	<-ctx.Done()
 	c.log.Info("shutting down")
 	c.Close()
@@ -246,106 +258,4 @@ func (c *Client) Close() error {
 	})
 	c.wg.Wait()
 	return nil
-}
-
-// ping sends heartbeats. Besides telling the server we are here, they are
-// data packets: wireguard-go starts a new handshake when data it sends gets
-// no answer, so a restarted server is found again within seconds.
-func (c *Client) ping(ctx context.Context) {
-	t := time.NewTicker(heartbeatInterval)
-	defer t.Stop()
-	connected := false
-	lastResolve := time.Now()
-	for seq := uint64(1); ; seq++ {
-		if _, err := c.hb.Write(forward.Ping(seq)); err != nil {
-			c.log.Debug("heartbeat send failed", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		last := time.Unix(0, c.lastPong.Load())
-		now := time.Now()
-		up := now.Sub(last) < control.DefaultHeartbeatTimeout
-		if up != connected {
-			connected = up
-			if up {
-				c.log.Info("connected to server", "server", c.endpoint)
-			} else {
-				c.log.Warn("server not answering; retrying", "server", c.endpoint)
-			}
-		}
-		if !up {
-			// The server may have restarted and lost our session: it drops
-			// what we send under the old keys until we handshake again.
-			if err := c.dev.Rehandshake(c.serverKey); err != nil {
-				c.log.Debug("forcing a handshake", "err", err)
-			}
-		}
-		if !up && now.Sub(last) > reresolveAfter && now.Sub(lastResolve) > reresolveAfter {
-			lastResolve = now
-			c.reresolve(ctx)
-		}
-	}
-}
-
-func (c *Client) reresolve(ctx context.Context) {
-	ep, err := resolveServer(ctx, c.cfg.ServerHost, c.cfg.ServerTunnelControlPort)
-	if err != nil {
-		c.log.Warn("re-resolving server", "err", err)
-		return
-	}
-	if ep == c.endpoint {
-		return
-	}
-	c.log.Info("server address changed", "old", c.endpoint, "new", ep)
-	c.endpoint = ep
-	if err := c.dev.SetPeer(c.serverPeer()); err != nil {
-		c.log.Warn("updating server endpoint", "err", err)
-	}
-}
-
-// serverInstance notes the server instance a heartbeat answer carries. A
-// new one means the server restarted: the connections it had through the
-// tunnel died with it, so the client's ends (and the backend connections
-// behind them) are closed now rather than when they go idle.
-func (c *Client) serverInstance(id uint32) {
-	if id == 0 || id == c.instance {
-		return
-	}
-	old := c.instance
-	c.instance = id
-	if old == 0 {
-		return
-	}
-	n := c.conn.CloseAll()
-	if c.relay != nil {
-		n += c.relay.CloseAll()
-	}
-	c.log.Info("the server restarted: closed the connections it had", "connections", n)
-}
-
-func (c *Client) readPongs(ctx context.Context) {
-	buf := make([]byte, 64)
-	for {
-		n, err := c.hb.Read(buf)
-		if err != nil {
-			// A refused datagram (no heartbeat socket on a server that is
-			// starting or stopping) surfaces here too: keep listening.
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			continue
-		}
-		if forward.IsPing(buf[:n]) {
-			c.lastPong.Store(time.Now().UnixNano())
-			c.serverInstance(forward.PingInstance(buf[:n]))
-		}
-	}
 }

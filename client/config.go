@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/thresholdtunnel/threshold/control"
@@ -15,15 +16,20 @@ import (
 
 // Config is the client's JSON config.
 type Config struct {
-	DebugLog                bool
-	LogFormat               string // "text" (default) or "json"
-	StateDir                string // keeps the key; PrivateKeyFile defaults to StateDir/client.key
-	ClientId                string
+	DebugLog  bool
+	LogFormat string // "text" (default) or "json"
+	StateDir  string // keeps the key; PrivateKeyFile defaults to StateDir/client.key
+	ClientId  string
+	// The one server of a single-server config: the same as a Servers
+	// list of one. Giving both forms is an error.
 	ServerHost              string
 	ServerTunnelControlPort int
 	ServerPublicKey         string
-	PrivateKeyFile          string // generated (0600) if missing
-	ServiceToLocalAddrMap   map[string]Service
+	// Servers are the servers the client attaches to, all at once; SOCKS5
+	// egress leaves from the first of them that is connected.
+	Servers               []Server `json:",omitempty"`
+	PrivateKeyFile        string   // generated (0600) if missing
+	ServiceToLocalAddrMap map[string]Service
 	// ProxySourceAllowCIDRs are source addresses the server may report in
 	// the PROXY headers backends get, besides public ones: loopback,
 	// private and link-local ranges and the tunnel's are refused unless
@@ -32,7 +38,26 @@ type Config struct {
 	// Socks5ListenAddress is a local host:port for applications to use as
 	// their SOCKS5 proxy; their connections leave from the server. Off if empty.
 	Socks5ListenAddress string
+	// StatusListenAddress is a loopback host:port serving the client's
+	// state read-only (GET /status, for threshold status). Off if empty.
+	StatusListenAddress string
 }
+
+// Server is one server the client attaches to.
+type Server struct {
+	ServerHost              string
+	ServerTunnelControlPort int // DefaultServerTunnelControlPort if zero
+	ServerPublicKey         string
+}
+
+// String names the server in logs: host:port.
+func (s Server) String() string {
+	return net.JoinHostPort(s.ServerHost, strconv.Itoa(s.ServerTunnelControlPort))
+}
+
+// MaxServers bounds Servers: each server costs a WireGuard device and a
+// TCP/IP stack of its own.
+const MaxServers = 16
 
 // Defaults.
 const (
@@ -42,8 +67,13 @@ const (
 
 // FillDefaults fills in what was left out.
 func (c *Config) FillDefaults() {
-	if c.ServerTunnelControlPort == 0 {
+	if len(c.Servers) == 0 && c.ServerTunnelControlPort == 0 {
 		c.ServerTunnelControlPort = DefaultServerTunnelControlPort
+	}
+	for i := range c.Servers {
+		if c.Servers[i].ServerTunnelControlPort == 0 {
+			c.Servers[i].ServerTunnelControlPort = DefaultServerTunnelControlPort
+		}
 	}
 	if c.PrivateKeyFile == "" {
 		c.PrivateKeyFile = DefaultKeyFile
@@ -61,30 +91,17 @@ func (c *Config) check(p *control.Problems) {
 	if err := control.CheckClientID(c.ClientId); err != nil {
 		p.Addf("ClientId", "%v", err)
 	}
-	if strings.TrimSpace(c.ServerHost) == "" {
-		p.Addf("ServerHost", "is required")
-	} else if strings.ContainsAny(c.ServerHost, " /:") && net.ParseIP(c.ServerHost) == nil {
-		p.Addf("ServerHost", "%q is not a host name or IP address (put the port in ServerTunnelControlPort)", c.ServerHost)
-	}
-	if c.ServerTunnelControlPort < 1 || c.ServerTunnelControlPort > 65535 {
-		p.Addf("ServerTunnelControlPort", "%d is not a port number (1-65535)", c.ServerTunnelControlPort)
-	}
+	c.checkServers(p)
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		p.Addf("LogFormat", "%q is not text or json", c.LogFormat)
 	}
-	if _, err := wg.ParseKey(c.ServerPublicKey); err != nil {
-		p.Addf("ServerPublicKey", "%v", err)
-	}
 	if c.Socks5ListenAddress != "" {
-		if err := forward.CheckServiceAddr(c.Socks5ListenAddress); err != nil {
-			p.Addf("Socks5ListenAddress", "%v", err)
-		} else if host, _, _ := net.SplitHostPort(c.Socks5ListenAddress); host != "localhost" {
-			// The proxy has no authentication: beyond loopback, anyone who
-			// reaches it sends traffic from the server's address.
-			if a, err := netip.ParseAddr(host); err != nil || !a.IsLoopback() {
-				p.Addf("Socks5ListenAddress", "%q is not a loopback address; an unauthenticated proxy there would let anyone send from the server's IP", c.Socks5ListenAddress)
-			}
-		}
+		// The proxy has no authentication: beyond loopback, anyone who
+		// reaches it sends traffic from the server's address.
+		checkLoopback(p, "Socks5ListenAddress", c.Socks5ListenAddress, "an unauthenticated proxy there would let anyone send from the server's IP")
+	}
+	if c.StatusListenAddress != "" {
+		checkLoopback(p, "StatusListenAddress", c.StatusListenAddress, "the status endpoint has no authentication and names the client's key, servers and services")
 	}
 	if len(c.ServiceToLocalAddrMap) == 0 {
 		p.Addf("ServiceToLocalAddrMap", "is empty: name at least one local service")
@@ -121,6 +138,79 @@ func (c *Config) check(p *control.Problems) {
 	}
 }
 
+// checkLoopback adds a problem unless addr is a loopback host:port.
+func checkLoopback(p *control.Problems, field, addr, why string) {
+	if err := forward.CheckServiceAddr(addr); err != nil {
+		p.Addf(field, "%v", err)
+		return
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	if host == "localhost" {
+		return
+	}
+	if a, err := netip.ParseAddr(host); err != nil || !a.IsLoopback() {
+		p.Addf(field, "%q is not a loopback address; %s", addr, why)
+	}
+}
+
+// singleServer reports whether any single-server field is set. (With a
+// Servers list, FillDefaults leaves ServerTunnelControlPort alone.)
+func (c *Config) singleServer() bool {
+	return c.ServerHost != "" || c.ServerPublicKey != "" || c.ServerTunnelControlPort != 0
+}
+
+// servers is the list of servers, the single-server form as a list of one.
+func (c *Config) servers() []Server {
+	if len(c.Servers) > 0 {
+		return c.Servers
+	}
+	return []Server{{ServerHost: c.ServerHost, ServerTunnelControlPort: c.ServerTunnelControlPort, ServerPublicKey: c.ServerPublicKey}}
+}
+
+// checkServers adds the problems of the server list. Problems of the
+// single-server form name its fields, those of Servers their entry.
+func (c *Config) checkServers(p *control.Problems) {
+	if len(c.Servers) > 0 && c.singleServer() {
+		p.Addf("Servers", "is given together with ServerHost/ServerTunnelControlPort/ServerPublicKey: use one form (Servers for several servers; a single server's entry moves into it)")
+		return
+	}
+	if len(c.Servers) > MaxServers {
+		p.Addf("Servers", "lists %d servers, at most %d are supported", len(c.Servers), MaxServers)
+		return
+	}
+	prefix := func(int) string { return "" }
+	if len(c.Servers) > 0 {
+		prefix = func(i int) string { return fmt.Sprintf("Servers[%d].", i) }
+	}
+	keys := map[wg.Key]int{}
+	endpoints := map[string]int{}
+	for i, s := range c.servers() {
+		f := prefix(i)
+		if strings.TrimSpace(s.ServerHost) == "" {
+			p.Addf(f+"ServerHost", "is required")
+		} else if strings.ContainsAny(s.ServerHost, " /:") && net.ParseIP(s.ServerHost) == nil {
+			p.Addf(f+"ServerHost", "%q is not a host name or IP address (put the port in ServerTunnelControlPort)", s.ServerHost)
+		}
+		if s.ServerTunnelControlPort < 1 || s.ServerTunnelControlPort > 65535 {
+			p.Addf(f+"ServerTunnelControlPort", "%d is not a port number (1-65535)", s.ServerTunnelControlPort)
+		}
+		k, err := wg.ParseKey(s.ServerPublicKey)
+		if err != nil {
+			p.Addf(f+"ServerPublicKey", "%v", err)
+		} else if j, dup := keys[k]; dup {
+			p.Addf(f+"ServerPublicKey", "is the key of Servers[%d] too: list each server once", j)
+		} else {
+			keys[k] = i
+		}
+		ep := strings.ToLower(s.String())
+		if j, dup := endpoints[ep]; dup && s.ServerHost != "" {
+			p.Addf(f+"ServerHost", "%s is Servers[%d]'s address too: list each server once", s, j)
+		} else {
+			endpoints[ep] = i
+		}
+	}
+}
+
 // connectorConfig splits the service map into what the connector takes:
 // addresses, the client's own PROXY choices, and the source policy.
 func (c *Config) connectorConfig() forward.ConnectorConfig {
@@ -148,4 +238,13 @@ func (c *Config) udpConnectorConfig() forward.UDPConnectorConfig {
 		}
 	}
 	return uc
+}
+
+// Check reports every problem of cfg that New would refuse before it
+// does anything, in a *control.Problems; nil if there is none.
+func Check(cfg Config) error {
+	cfg.FillDefaults()
+	probs := control.NewProblems(control.ErrInvalid, "client config")
+	cfg.check(probs)
+	return probs.Err()
 }

@@ -134,6 +134,11 @@ func (c *Connector) handle(conn net.Conn) {
 		refuse(fmt.Errorf("%w: %q", ErrUnknownService, req.Service), log)
 		return
 	}
+	if req.Check != nil {
+		c.answerCheck(conn, req, addr, log)
+		s.close()
+		return
+	}
 	chosen, own := c.cfg.ServiceProxy[req.Service]
 	req.BackendProxyProtocol, err = backendProxy(chosen, own, req.BackendProxyProtocol, req.Source, c.cfg.Sources)
 	if err != nil {

@@ -168,12 +168,16 @@ type Gateway struct {
 	udpDown   bool // the UDP listeners were closed for good
 	tunnels   []Tunnel
 	routeKeys map[string]bool // of tunnels
+	checks    checks          // tokens armed for reachability probes
 }
 
 type listener struct {
 	ln     net.Listener
 	key    string
 	routes atomic.Pointer[[]Tunnel]
+	// holdUntil (unix nanos): until then a token is armed for this port,
+	// and if it is not peeked, its connections wait for a probe.
+	holdUntil atomic.Int64
 }
 
 // NewGateway returns a Gateway with no tunnels.
@@ -581,6 +585,10 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 		return
 	}
 	if !s.add(conn) { // the replaying wrapper, if the route was peeked
+		return
+	}
+	conn, answered := g.takeProbe(l, s, conn, t) // a reachability probe? gatewaycheck.go
+	if answered {
 		return
 	}
 	g.forward(s, conn, t)

@@ -39,6 +39,7 @@ const (
 
 	tlvService      proxyproto.PP2Type = 0xE0
 	tlvBackendProxy proxyproto.PP2Type = 0xE1
+	tlvCheck        proxyproto.PP2Type = 0xE2 // a reachability check: check.go
 
 	// MaxServiceNameLen bounds a service name, so a header stays small.
 	MaxServiceNameLen = 255
@@ -76,6 +77,9 @@ type Request struct {
 	// BackendProxyProtocol is 0 for none, 1 or 2 for a PROXY header of that
 	// version in front of the stream to the backend.
 	BackendProxyProtocol int
+	// Check, if set, makes the request a reachability check, which the
+	// client answers itself (check.go).
+	Check *CheckRequest
 }
 
 // Status is the client's one-byte answer to a Request.
@@ -153,10 +157,14 @@ func WriteRequest(w io.Writer, r Request) error {
 	}
 	src, dst := addrPair(r.Source, r.Destination)
 	h := proxyproto.HeaderProxyFromAddrs(2, src, dst)
-	if err := h.SetTLVs([]proxyproto.TLV{
+	tlvs := []proxyproto.TLV{
 		{Type: tlvService, Value: []byte(r.Service)},
 		{Type: tlvBackendProxy, Value: []byte{byte(r.BackendProxyProtocol)}},
-	}); err != nil {
+	}
+	if r.Check != nil {
+		tlvs = r.Check.tlvs(tlvs)
+	}
+	if err := h.SetTLVs(tlvs); err != nil {
 		return fmt.Errorf("encoding request: %w", err)
 	}
 	if _, err := h.WriteTo(w); err != nil {
@@ -216,10 +224,17 @@ func parseRequest(h *proxyproto.Header) (Request, error) {
 			if len(t.Value) == 1 {
 				r.BackendProxyProtocol = int(t.Value[0])
 			}
+		case tlvCheck:
+			if r.Check, err = parseCheck(t.Value); err != nil {
+				return Request{}, err
+			}
 		}
 	}
 	if r.Service == "" {
 		return Request{}, errors.New("request names no service")
+	}
+	if err := r.checkMarked(); err != nil {
+		return Request{}, err
 	}
 	if r.BackendProxyProtocol < 0 || r.BackendProxyProtocol > 2 {
 		return Request{}, errors.New("request has no valid backend PROXY version")

@@ -4,6 +4,7 @@
 package mgmt
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,7 +20,8 @@ import (
 
 // Backend is what the API drives (control.Plane). Errors wrapping
 // control.ErrInvalid become 400, control.ErrNotFound 404,
-// control.ErrConflict 409, anything else 500; a *control.Problems lists
+// control.ErrConflict 409, control.ErrBusy 429, anything else 500; a
+// *control.Problems lists
 // its problems.
 type Backend interface {
 	Tunnels() []forward.Tunnel
@@ -27,6 +29,8 @@ type Backend interface {
 	Clients() map[string]control.ClientStatus
 	PutClient(clientID string, reg control.Registration) (control.ClientStatus, error)
 	DeleteClient(clientID string) error
+	CheckReachability(ctx context.Context, sel []forward.CheckSelector) ([]forward.CheckResult, error)
+	ArmCheck(forward.ArmRequest) (forward.ArmedCheck, error)
 	// CheckTunnels and CheckClient add to probs the problems SetTunnels
 	// and PutClient would find, changing nothing: a body with JSON
 	// problems is checked as far as it could be decoded, so that every
@@ -62,6 +66,8 @@ func NewHandler(b Backend, log *slog.Logger, opts Options) (http.Handler, error)
 	api.HandleFunc("GET /clients", a.getClients)
 	api.HandleFunc("PUT /clients/{id}", a.putClient)
 	api.HandleFunc("DELETE /clients/{id}", a.deleteClient)
+	api.HandleFunc("POST /tunnels/check", a.checkTunnels)
+	api.HandleFunc("POST /tunnels/check/arm", a.armCheck)
 	if opts.Metrics != nil {
 		api.Handle("GET /metrics", promhttp.HandlerFor(opts.Metrics, promhttp.HandlerOpts{}))
 	}
@@ -89,8 +95,9 @@ func NewHandler(b Backend, log *slog.Logger, opts Options) (http.Handler, error)
 }
 
 type api struct {
-	b   Backend
-	log *slog.Logger
+	b      Backend
+	log    *slog.Logger
+	checks bucket // rate limit of the check endpoints
 }
 
 type errorBody struct {
@@ -111,15 +118,7 @@ func (a *api) reply(w http.ResponseWriter, r *http.Request, code int, v any) {
 }
 
 func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
-	code := http.StatusInternalServerError
-	switch {
-	case errors.Is(err, control.ErrNotFound):
-		code = http.StatusNotFound
-	case errors.Is(err, control.ErrInvalid):
-		code = http.StatusBadRequest
-	case errors.Is(err, control.ErrConflict):
-		code = http.StatusConflict
-	}
+	code := statusFor(err)
 	body := errorBody{Error: err.Error()}
 	var pe *control.Problems
 	if errors.As(err, &pe) {

@@ -1,6 +1,7 @@
 package mgmt
 
 import (
+	"context"
 	"net/netip"
 	"os"
 
@@ -29,6 +30,9 @@ type fakeBackend struct {
 	putErr   error
 	delErr   error
 	setCalls int
+	checkSel []forward.CheckSelector
+	checkRes []forward.CheckResult
+	checkErr error
 	validate bool // SetTunnels checks as the control plane does
 }
 
@@ -241,6 +245,20 @@ func TestMetricsAndHealthzOutsideAuth(t *testing.T) {
 			t.Errorf("metrics lack %s:\n%s", want, body)
 		}
 	}
+}
+
+func (f *fakeBackend) CheckReachability(ctx context.Context, sel []forward.CheckSelector) ([]forward.CheckResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.checkSel = sel
+	return f.checkRes, f.checkErr
+}
+
+func (f *fakeBackend) ArmCheck(req forward.ArmRequest) (forward.ArmedCheck, error) {
+	if f.checkErr != nil {
+		return forward.ArmedCheck{}, f.checkErr
+	}
+	return forward.ArmedCheck{Token: "t", Probe: "line", Tunnel: forward.Tunnel{ListenPort: req.ListenPort}}, nil
 }
 
 // JSON problems are placed by byte offset and named by field path, and

@@ -41,6 +41,8 @@ Usage:
   threshold client --config client.json   run the home client
   threshold genkey                        print a new private key (base64, as wg genkey)
   threshold pubkey < private.key          print the public key of a private key
+  threshold status --config FILE          show a server's clients and tunnels, or a client's servers
+  threshold check HOST:PORT               prove from outside that a public port reaches its tunnel's client
   threshold demo                          run the usage example end to end on loopback
   threshold version                       print the version
   threshold help                          print this help
@@ -67,6 +69,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return runPubkey(rest, stdin, stdout, stderr)
 	case "demo":
 		return runDemo(rest, stdout, stderr)
+	case "status":
+		return runStatus(rest, stdout, stderr)
+	case "check":
+		return runCheck(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "threshold", versionString())
 		return 0

@@ -92,7 +92,8 @@ func Hostname(c net.Conn, timeout time.Duration, maxBytes int) (host string, pro
 		maxBytes = DefaultMaxBytes
 	}
 	r := &peekRecorder{c: c, max: maxBytes}
-	defer func() { replay = &replayConn{Conn: c, pending: r.buf} }()
+	var alpn []string
+	defer func() { replay = &replayConn{Conn: c, pending: r.buf, peeked: len(r.buf), alpn: alpn} }()
 
 	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
 		return "", Other, nil, fmt.Errorf("peek: setting read deadline: %w", err)
@@ -105,7 +106,8 @@ func Hostname(c net.Conn, timeout time.Duration, maxBytes int) (host string, pro
 		return "", Other, nil, r.readError(err)
 	}
 	if r.buf[0] == 0x16 { // TLS record of type handshake
-		host, err := peekTLS(r)
+		var host string
+		host, alpn, err = peekTLS(r)
 		return host, TLS, nil, err
 	}
 	isHTTP, err := looksLikeHTTP(r)
@@ -205,28 +207,29 @@ func isTimeout(err error) bool {
 
 // peekTLS lets crypto/tls parse the ClientHello, however it is split into
 // reads and records, and aborts the handshake once it has been parsed.
-func peekTLS(r *peekRecorder) (string, error) {
+func peekTLS(r *peekRecorder) (string, []string, error) {
 	var sni string
+	var alpn []string
 	var got bool
 	cfg := &tls.Config{
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			sni, got = hello.ServerName, true
+			sni, alpn, got = hello.ServerName, hello.SupportedProtos, true
 			return nil, errPeekGotHello
 		},
 	}
 	r.pos = 0 // the handshake reads from the first byte
 	err := tls.Server(&peekTLSConn{r: r}, cfg).Handshake()
 	if got {
-		return strings.TrimSuffix(lowerASCII(sni), "."), nil
+		return strings.TrimSuffix(lowerASCII(sni), "."), alpn, nil
 	}
 	// Ran out of bytes (or time) before the ClientHello was complete?
 	if r.err != nil && (errors.Is(err, r.err) || errors.Is(err, io.ErrUnexpectedEOF)) {
-		return "", r.readError(r.err)
+		return "", nil, r.readError(r.err)
 	}
 	if err == nil { // cannot happen: the config has no certificate
 		err = errors.New("handshake finished without a ClientHello")
 	}
-	return "", fmt.Errorf("%w: TLS: %w", ErrMalformed, err)
+	return "", nil, fmt.Errorf("%w: TLS: %w", ErrMalformed, err)
 }
 
 // peekTLSConn is the read-only connection the TLS handshake runs on.
@@ -478,6 +481,34 @@ type replayConn struct {
 	net.Conn
 	mu      sync.Mutex
 	pending []byte
+	peeked  int      // how many bytes the peek read
+	alpn    []string // the ClientHello's ALPN protocols, if it was TLS
+}
+
+// ALPN is the list of application protocols (ALPN) offered by the TLS
+// ClientHello that Hostname peeked at on the connection it returned as
+// replay; nil for any other connection.
+func ALPN(replay net.Conn) []string {
+	if c, ok := replay.(*replayConn); ok {
+		return c.alpn
+	}
+	return nil
+}
+
+// Peeked is a copy of the bytes Hostname read from the connection it
+// returned as replay, before any of them has been read back; nil for any
+// other connection, or once reading has begun.
+func Peeked(replay net.Conn) []byte {
+	c, ok := replay.(*replayConn)
+	if !ok {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.pending) != c.peeked {
+		return nil
+	}
+	return bytes.Clone(c.pending)
 }
 
 func (c *replayConn) Read(p []byte) (int, error) {

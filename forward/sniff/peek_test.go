@@ -666,3 +666,32 @@ func FuzzPeekHostname(f *testing.F) {
 		}
 	})
 }
+
+// ALPN and Peeked expose what the peek saw, for the reachability probe.
+func TestPeekALPNAndPeeked(t *testing.T) {
+	cfg := peekClientConfig(t, "www.example.com")
+	cfg.NextProtos = []string{"h2", "threshold-check/1.x"}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go tls.Client(a, cfg).Handshake()
+	_, proto, replay, err := Hostname(b, time.Second, 0)
+	if err != nil || proto != TLS {
+		t.Fatalf("peek: %v %v", proto, err)
+	}
+	if got := ALPN(replay); len(got) != 2 || got[1] != "threshold-check/1.x" {
+		t.Errorf("ALPN = %q", got)
+	}
+	peeked := Peeked(replay)
+	if len(peeked) == 0 || peeked[0] != 0x16 {
+		t.Errorf("Peeked = %x", peeked[:min(len(peeked), 8)])
+	}
+	buf := make([]byte, 1)
+	replay.Read(buf)
+	if Peeked(replay) != nil {
+		t.Error("Peeked after a read")
+	}
+	if ALPN(a) != nil || Peeked(a) != nil {
+		t.Error("ALPN or Peeked of a connection that was not peeked")
+	}
+}

@@ -205,6 +205,7 @@ type server struct {
 	key        wg.Key
 	dir        string
 	config     map[string]any
+	token      string // sent as a bearer token, if set
 }
 
 func newKey(t testing.TB) wg.Key {
@@ -328,6 +329,9 @@ func (s *server) call(method, path string, body any) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, method, s.api+path, r)
 	if err != nil {
 		return 0, nil, err
+	}
+	if s.token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.token)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

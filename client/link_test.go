@@ -1,0 +1,34 @@
+package client
+
+import (
+	"testing"
+	"time"
+)
+
+// A server that does not answer is explained 10 s after it stopped, then
+// at a slowing rate that never gets faster than once per warnRepeatMax
+// once it is there; an answer starts the schedule over.
+func TestWarnSchedule(t *testing.T) {
+	var w warnSchedule
+	down := time.Unix(1000, 0)
+	var at []time.Duration
+	for s := time.Duration(0); s <= 30*time.Minute; s += time.Second { // the link's 1 s tick
+		if w.due(down.Add(s), down) {
+			at = append(at, s)
+		}
+	}
+	want := []time.Duration{10, 30, 70, 150, 310, 610, 910, 1210, 1510}
+	if len(at) != len(want) {
+		t.Fatalf("warned at %v, want %v (seconds)", at, want)
+	}
+	for i := range want {
+		if at[i] != want[i]*time.Second {
+			t.Fatalf("warned at %v, want %v (seconds)", at, want)
+		}
+	}
+	w.reset()
+	again := down.Add(time.Hour)
+	if w.due(again.Add(9*time.Second), again) || !w.due(again.Add(10*time.Second), again) {
+		t.Fatal("after a reset the first warning is not 10 s after the new loss")
+	}
+}
