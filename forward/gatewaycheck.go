@@ -75,6 +75,7 @@ const (
 	CheckBackendRefused     = "backend_refused"     // the service refused the connect (or ICMP port unreachable)
 	CheckBackendTimeout     = "backend_timeout"     // the service did not answer the connect in time
 	CheckBackendUnreachable = "backend_unreachable" // no route, a name that does not resolve, ...
+	CheckProxyRefused       = "proxy_refused"       // the client's PROXY choice for the service refuses the tunnel's connections
 	CheckWrongTunnel        = "wrong_tunnel"        // a probe routed to another tunnel than its token's
 )
 
@@ -216,7 +217,7 @@ func (g *Gateway) checkTunnel(ctx context.Context, t Tunnel, src, dst netip.Addr
 	stop := context.AfterFunc(ctx, func() { up.Close() })
 	defer stop()
 	res.ClientId = peer.ID
-	req := Request{Service: t.BackEndService, Source: src, Destination: dst, Check: &CheckRequest{Token: token, UDP: t.IsUDP()}}
+	req := Request{Service: t.BackEndService, Source: src, Destination: dst, Check: &CheckRequest{Token: token, UDP: t.IsUDP(), Asked: t.backendProxyVersion(), AskedKnown: true}}
 	_ = up.SetWriteDeadline(time.Now().Add(g.cfg.DialTimeout))
 	sent := time.Now()
 	if err := WriteRequest(up, req); err != nil {
@@ -246,6 +247,8 @@ func (g *Gateway) checkTunnel(ctx context.Context, t Tunnel, src, dst netip.Addr
 		return fail(CheckBackendRefused, errors.New(ans.message))
 	case BackendTimeout:
 		return fail(CheckBackendTimeout, errors.New(ans.message))
+	case BackendProxyRefused:
+		return fail(CheckProxyRefused, fmt.Errorf("client %q refuses this tunnel's connections: %s", peer.ID, ans.message))
 	}
 	return fail(CheckBackendUnreachable, errors.New(ans.message))
 }
