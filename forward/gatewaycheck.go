@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -470,7 +471,8 @@ func (p *probeGuard) Read(b []byte) (int, error) {
 	if !p.checked && n > 0 {
 		p.checked = true
 		if looksLikeProbe(b[:n]) {
-			p.g.log.Info("connection cut: a reachability probe came after the port stopped waiting for it, or with no token armed", "from", addrString(p.RemoteAddr()))
+			// Anyone can send a probe's line: throttled like a route miss.
+			p.g.logRoute.log(p.g.log, slog.LevelInfo, "connection cut: a reachability probe came after the port stopped waiting for it, or with no token armed", "from", addrString(p.RemoteAddr()))
 			p.Conn.Close()
 			return 0, errLateProbe
 		}

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -361,5 +362,29 @@ func TestLooksLikeProbe(t *testing.T) {
 		if got := looksLikeProbe([]byte(b)); got != want {
 			t.Errorf("looksLikeProbe(%.40q) = %v", b, got)
 		}
+	}
+}
+
+// Anyone can send a probe's line to a port with no token armed: the
+// connections are cut, never passed on, and their log lines throttled.
+func TestLateProbesThrottled(t *testing.T) {
+	be := ckStartBackend(t, "")
+	_, conn := ftStartConnector(t, map[string]string{"echo": be.addr}, nil)
+	logs := &lockedBuffer{}
+	h := ftNewGateway(t, func(c *GatewayConfig) { c.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
+	h.addClient("home", conn)
+	port := ftFreePort(t)
+	h.apply(t, ftTunnel(port, "home"))
+	const probes = 50
+	for range probes {
+		if res, line := ckProbe(t, port, ProbeLine("AAAAAAAAAAAAAAAAAAAAAA")); line != "" {
+			t.Fatalf("a probe with no token armed was answered: %+v", res)
+		}
+	}
+	if _, n := be.seen(); n != 0 {
+		t.Errorf("the backend got %d bytes of probes", n)
+	}
+	if n := strings.Count(logs.String(), "reachability probe came after"); n == 0 || n > 20 {
+		t.Errorf("%d late probes made %d log lines, want 1-20", probes, n)
 	}
 }
