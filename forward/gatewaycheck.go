@@ -63,6 +63,8 @@ const (
 	MaxArmedChecks = 16
 	// MaxCheckedTunnels bounds the tunnels one Check call checks.
 	MaxCheckedTunnels = 100
+	// MaxCheckDuration bounds one Check call.
+	MaxCheckDuration = 25 * time.Second
 	// checkConcurrency is how many tunnels one Check call checks at once.
 	checkConcurrency = 8
 )
@@ -85,6 +87,9 @@ var (
 	ErrNoTunnel = errors.New("no such tunnel")
 	// ErrTooManyChecks: MaxArmedChecks tokens are armed already.
 	ErrTooManyChecks = errors.New("too many checks armed")
+	// errCheckTooLong ends the checks a call has not finished in
+	// MaxCheckDuration.
+	errCheckTooLong = fmt.Errorf("not finished within the %s one check call may take (name fewer tunnels)", MaxCheckDuration)
 )
 
 // CheckResult is how a check of one tunnel went.
@@ -173,6 +178,11 @@ func (g *Gateway) Check(ctx context.Context, sel []CheckSelector) ([]CheckResult
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	// The whole call is bounded, so that its answer is written before the
+	// management API's write timeout (30 s) however many services are
+	// silent; a tunnel not finished by then is reported as such.
+	ctx, cancel := context.WithTimeoutCause(ctx, MaxCheckDuration, errCheckTooLong)
+	defer cancel()
 	out := make([]CheckResult, len(ts))
 	sem := make(chan struct{}, checkConcurrency)
 	var wg sync.WaitGroup
@@ -208,7 +218,7 @@ func (g *Gateway) checkTunnel(ctx context.Context, t Tunnel, src, dst netip.Addr
 		return fail(CheckNoClient, fmt.Errorf("none of %v is connected", t.Clients()))
 	}
 	if ctx.Err() != nil {
-		return fail(CheckClientUnreachable, ctx.Err())
+		return fail(CheckClientUnreachable, context.Cause(ctx))
 	}
 	up, peer, err := g.dial(t)
 	if err != nil {
@@ -235,6 +245,11 @@ func (g *Gateway) checkTunnel(ctx context.Context, t Tunnel, src, dst netip.Addr
 		return fail(CheckUnknownService, fmt.Errorf("client %q has no service %q in its ServiceToLocalAddrMap", peer.ID, t.BackEndService))
 	case errors.Is(err, ErrBadRequest) && res.RoundTripMillis == 0:
 		return fail(CheckClientRefused, fmt.Errorf("%w (a client older than reachability checks refuses them)", err))
+	case err != nil && ctx.Err() != nil && res.RoundTripMillis > 0:
+		// The client answered; its try of the service outlasted the call.
+		return fail(CheckBackendTimeout, context.Cause(ctx))
+	case err != nil && ctx.Err() != nil:
+		return fail(CheckClientUnreachable, context.Cause(ctx))
 	case err != nil:
 		return fail(CheckClientUnreachable, err)
 	}
