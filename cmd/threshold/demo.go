@@ -64,21 +64,21 @@ func (d *demo) say(format string, args ...any) {
 	fmt.Fprintf(d.out, format+"\n", args...)
 }
 
-func freePort(network string) (int, error) {
+// freePort picks a free port and holds it until release is called, so
+// that ports picked one after another (and the backend's) all differ.
+func freePort(network string) (port int, release func(), err error) {
 	if network == "udp" {
 		c, err := net.ListenPacket("udp", "127.0.0.1:0")
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
-		defer c.Close()
-		return c.LocalAddr().(*net.UDPAddr).Port, nil
+		return c.LocalAddr().(*net.UDPAddr).Port, func() { c.Close() }, nil
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return l.Addr().(*net.TCPAddr).Port, func() { l.Close() }, nil
 }
 
 func (d *demo) run() error {
@@ -90,13 +90,23 @@ func (d *demo) run() error {
 		return err
 	}
 	var tunnelPort, mgmtPort, publicPort int
+	var held []func()
+	releasePorts := func() {
+		for _, release := range held {
+			release()
+		}
+		held = nil
+	}
+	defer releasePorts()
 	for _, p := range []struct {
 		port    *int
 		network string
 	}{{&tunnelPort, "udp"}, {&mgmtPort, "tcp"}, {&publicPort, "tcp"}} {
-		if *p.port, err = freePort(p.network); err != nil {
+		var release func()
+		if *p.port, release, err = freePort(p.network); err != nil {
 			return fmt.Errorf("picking a free port: %w", err)
 		}
+		held = append(held, release)
 	}
 
 	// The "listener" test app: the web application on the client's side.
@@ -104,6 +114,7 @@ func (d *demo) run() error {
 	if err != nil {
 		return err
 	}
+	releasePorts() // the server and client bind them next
 	// Only the threshold client, on loopback, may (and must) send a PROXY header.
 	listener := &proxyproto.Listener{Listener: backend, ConnPolicy: proxyproto.TrustProxyHeaderFrom(net.IPv4(127, 0, 0, 1)), ReadHeaderTimeout: 5 * time.Second}
 	defer listener.Close()
