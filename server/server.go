@@ -175,7 +175,8 @@ func (s *Server) startTunnel() (err error) {
 		return err
 	}
 	s.onClose(s.stack.Close)
-	if s.dev, err = wg.New(wg.Config{PrivateKey: s.key, ListenPort: s.cfg.TunnelControlPort, TUN: s.stack, Logger: s.log.With("component", "wireguard")}); err != nil {
+	if s.dev, err = wg.New(wg.Config{PrivateKey: s.key, ListenPort: s.cfg.TunnelControlPort, TUN: s.stack, Logger: s.log.With("component", "wireguard"),
+		RefusedHandshake: s.refusedHandshake}); err != nil {
 		return err
 	}
 	s.onClose(s.dev.Close) // before the stack's: the device closes its TUN itself

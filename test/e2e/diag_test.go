@@ -147,3 +147,41 @@ func TestClientExplainsItself(t *testing.T) {
 		})
 	})
 }
+
+// TestServerExplainsHandshakes: the server names, within seconds of the
+// client's first try, a handshake from a key it does not know (with the
+// key and its address) and one made for another server key.
+func TestServerExplainsHandshakes(t *testing.T) {
+	t.Parallel()
+	svc := map[string]string{"web": "127.0.0.1:1"}
+
+	t.Run("unregistered key", func(t *testing.T) {
+		t.Parallel()
+		ck := newKey(t)
+		srv := startServer(t, nil)
+		c := startClient(t, srv, "home", ck, svc)
+		start := logTime(t, waitLog(t, c.proc, 5*time.Second, "threshold client started"))
+		line := waitLog(t, srv.proc, 10*time.Second, "WireGuard handshake refused: the public key is not registered",
+			fmt.Sprintf("client_public_key=%q", ck.PublicKey().String()), "from=127.0.0.1:")
+		t.Logf("the server named the key %s after the client started", logTime(t, line).Sub(start).Round(time.Millisecond))
+		if !strings.Contains(line, "level=INFO") || !strings.Contains(line, "PUT /clients/") {
+			t.Errorf("line is not at INFO or does not say how to register: %s", line)
+		}
+		// Bounded: the client retries every 5 s; one line a minute per source.
+		waitLog(t, c.proc, 20*time.Second, noHandshake)
+		if n := logCount(srv.logs.String(), "the public key is not registered"); n != 1 {
+			t.Errorf("%d lines in 10 s of retries, want 1", n)
+		}
+	})
+
+	t.Run("wrong ServerPublicKey", func(t *testing.T) {
+		t.Parallel()
+		ck := newKey(t)
+		srv := startServer(t, map[string]wg.Key{"home": ck})
+		c := startClientWith(t, srv, "home", ck, svc, map[string]any{"ServerPublicKey": newKey(t).PublicKey().String()})
+		start := logTime(t, waitLog(t, c.proc, 5*time.Second, "threshold client started"))
+		line := waitLog(t, srv.proc, 10*time.Second, "WireGuard handshake refused: it was made for another server's public key",
+			fmt.Sprintf("public_key=%q", srv.key.PublicKey().String()), "from=127.0.0.1:")
+		t.Logf("the server said so %s after the client started", logTime(t, line).Sub(start).Round(time.Millisecond))
+	})
+}
