@@ -154,8 +154,7 @@ func printClientStatus(out io.Writer, st client.Status, now time.Time) {
 	}
 }
 
-// tunnelStatus is a tunnel of GET /tunnels, with the fields that tell its
-// last refusal where the server reports them.
+// tunnelStatus is a tunnel of GET /tunnels, with its last refusal.
 type tunnelStatus struct {
 	ListenAddress      string
 	ListenPort         int
@@ -168,7 +167,6 @@ type tunnelStatus struct {
 	LastRefusal        string
 	LastRefusalReason  string
 	LastRefusalAt      *time.Time
-	LastRefusalTime    *time.Time
 }
 
 func serverStatus(ctx context.Context, c *apiClient, stdout io.Writer) error {
@@ -246,12 +244,8 @@ func (t tunnelStatus) lastRefusal(now time.Time) string {
 	if what == "" {
 		return "-"
 	}
-	at := t.LastRefusalAt
-	if at == nil {
-		at = t.LastRefusalTime
-	}
-	if at != nil {
-		what += ", " + ago(now, at)
+	if t.LastRefusalAt != nil {
+		what += ", " + ago(now, t.LastRefusalAt)
 	}
 	return what
 }

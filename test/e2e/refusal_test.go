@@ -1,0 +1,98 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/thresholdtunnel/threshold/wg"
+)
+
+// refusedConn connects to addr, sends a line and waits for the server to
+// close the connection without an answer.
+func refusedConn(t *testing.T, addr string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+	if n, err := io.Copy(io.Discard, c); n != 0 || err != nil && !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("a refused connection got %d bytes, %v", n, err)
+	}
+}
+
+// TestTunnelRefusals: a connection the client refuses (an unknown
+// service, a service that is down) is logged on the server with what to
+// check, at most a burst of lines per tunnel, and GET /tunnels and
+// threshold status show the tunnel's last refusal; a PUT of what GET
+// gave is accepted, the output-only fields ignored.
+func TestTunnelRefusals(t *testing.T) {
+	t.Parallel()
+	ck := newKey(t)
+	srv := startServer(t, map[string]wg.Key{"home": ck})
+	down := tcpAddr(freePort(t, "tcp")) // nothing listens there
+	startClient(t, srv, "home", ck, map[string]string{"down": down})
+	srv.waitState(t, "home", "ClientConnected", 30*time.Second)
+	unknownPort, downPort := freePort(t, "tcp"), freePort(t, "tcp")
+	srv.mustPutTunnels(t, []tunnel{
+		{ListenAddress: "127.0.0.1", ListenPort: unknownPort, BackEndService: "nosuch", ClientId: "home"},
+		{ListenAddress: "127.0.0.1", ListenPort: downPort, BackEndService: "down", ClientId: "home"},
+	})
+	if ts := srv.tunnels(t); ts[0].LastRefusalReason != "" || ts[0].LastRefusalAt != nil {
+		t.Fatalf("a tunnel nothing was refused on shows a refusal: %+v", ts[0])
+	}
+
+	before := time.Now()
+	refusedConn(t, tcpAddr(unknownPort))
+	line := waitLog(t, srv.proc, 5*time.Second, "level=INFO", `connection refused: client \"home\" has no service \"nosuch\": add it to ServiceToLocalAddrMap`, "reason=unknown_service")
+	t.Logf("logged %s after the connection: %s", time.Since(before).Round(time.Millisecond), line)
+	refusedConn(t, tcpAddr(downPort))
+	waitLog(t, srv.proc, 5*time.Second, `client \"home\" could not connect to its service \"down\"`, "reason=backend_unreachable")
+
+	ts := srv.tunnels(t)
+	for i, want := range []string{"unknown_service", "backend_unreachable"} {
+		tn := ts[i]
+		if tn.LastRefusalReason != want || tn.LastRefusalAt == nil || tn.LastRefusalAt.Before(before.Add(-time.Second)) || time.Since(*tn.LastRefusalAt) > time.Minute {
+			t.Errorf("tunnel %d: LastRefusalReason %q at %v, want %q just now", i, tn.LastRefusalReason, tn.LastRefusalAt, want)
+		}
+		if !strings.Contains(tn.LastRefusal, "client \"home\"") {
+			t.Errorf("tunnel %d: LastRefusal %q does not name the client", i, tn.LastRefusal)
+		}
+	}
+
+	// A PUT of what GET gave is accepted; the output-only fields are not
+	// the client's to set, and the record stays the server's.
+	ts[1].LastRefusalReason, ts[1].LastRefusal = "forged", "forged"
+	if code, body, err := srv.call("PUT", "/tunnels", ts); err != nil || code != http.StatusOK {
+		t.Fatalf("PUT of GET /tunnels: %d %s %v", code, body, err)
+	}
+	if again := srv.tunnels(t); again[1].LastRefusalReason != "backend_unreachable" {
+		t.Errorf("after the PUT: %+v", again[1])
+	}
+
+	out, errOut, code := runCLI(t, "", "status", "--config", filepath.Join(srv.dir, "server.json"))
+	if code != 0 {
+		t.Fatalf("threshold status: exit %d %s", code, errOut)
+	}
+	for _, want := range []string{fmt.Sprintf("127.0.0.1:%d *  nosuch", unknownPort), "unknown_service, ", "backend_unreachable, "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+
+	// Bounded per tunnel: 30 more refusals add at most the burst.
+	for range 30 {
+		refusedConn(t, tcpAddr(unknownPort))
+	}
+	if n := logCount(srv.logs.String(), `has no service \"nosuch\"`); n > 10 {
+		t.Errorf("%d lines for 31 refusals on one tunnel, want at most 10", n)
+	}
+}
