@@ -43,8 +43,8 @@ func (g *Gateway) refused(t Tunnel, client, reason string, err error) {
 	lg.log(g.log, slog.LevelInfo, "connection refused: "+text, args...)
 }
 
-// noteRefusal records a refusal for GET /tunnels only (UDP sessions have
-// a log line of their own), and returns the tunnel's key, the sentence
+// noteRefusal records a refusal for GET /tunnels only (for refusals
+// that have a log line of their own), and returns the tunnel's key, the sentence
 // and the tunnel's log throttle; nil for a tunnel that is gone.
 func (g *Gateway) noteRefusal(t Tunnel, client, reason string, err error) (string, string, *throttle) {
 	text := refusalText(t, client, reason, err)

@@ -26,7 +26,7 @@ func (g *Gateway) forward(s *session, public net.Conn, t Tunnel) {
 	if err != nil {
 		g.logNoClient.log(log, slog.LevelInfo, "connection refused: no client reachable", "clients", t.Clients(), "err", err)
 		g.cfg.Rejected(RejectNoClient)
-		g.refused(t, "", RejectNoClient, err)
+		g.noteRefusal(t, "", RejectNoClient, err) // logged above
 		s.close()
 		return
 	}
