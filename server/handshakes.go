@@ -15,6 +15,6 @@ func (s *Server) refusedHandshake(r wg.RefusedHandshake) {
 		return
 	}
 	s.log.Info("WireGuard handshake refused: the public key is not registered. "+
-		"If this is your client, register client_public_key (below) with PUT /clients/{ClientId} {\"PublicKey\": \"...\"} or in the Clients of server.json",
+		"If this is your client, register client_public_key (below) with PUT /clients/{ClientId} {\"PublicKey\": \"...\"} (or in the Clients of server.json, which count until a StateDir holds state)",
 		"from", r.From.String(), "client_public_key", r.PublicKey.String())
 }
