@@ -182,6 +182,9 @@ func (d *Device) RemovePeer(pub Key) error {
 		delete(d.owners, ip)
 	}
 	delete(d.peers, pub)
+	if d.watch != nil {
+		d.watch.peersChanged()
+	}
 	return nil
 }
 

@@ -24,10 +24,12 @@ import (
 // decrypts the initiator's static key as the Noise IK pattern lets the
 // responder do (wireguard-go's ConsumeMessageInitiation), and reports the
 // refused ones. It is bounded: a source already reported is skipped
-// without any work for refusedInterval, at most refusedBurst initiations
-// are decoded at once and then refusedRate a second (one X25519 each, as
-// wireguard-go itself spends), and the queue to the decoder is short and
-// never blocks the receive path.
+// without any work for refusedInterval, and so is a source the device
+// answered with a handshake response within answeredFor (a peer that
+// rekeys every two minutes is decoded once, not every time); at most
+// refusedBurst initiations are decoded at once and then refusedRate a
+// second (one X25519 each, as wireguard-go itself spends), and the queue
+// to the decoder is short and never blocks the receive path.
 
 // RefusedHandshake is a handshake initiation the device refuses.
 type RefusedHandshake struct {
@@ -48,7 +50,10 @@ const (
 	refusedBurst    = 10
 	refusedRate     = 0.5 // decodes per second after the burst
 	refusedQueue    = 16
-	refusedSources  = 4096 // sources remembered at most
+	refusedSources  = 4096 // sources remembered at most, each table
+	responseSize    = 92
+	responseType    = 2
+	answeredFor     = 10 * time.Minute
 )
 
 var (
@@ -81,16 +86,17 @@ type handshakeWatch struct {
 	done  chan struct{}
 	once  sync.Once
 
-	mu     sync.Mutex
-	seen   map[netip.AddrPort]time.Time // sources handled lately
-	tokens float64
-	last   time.Time
+	mu       sync.Mutex
+	seen     map[netip.AddrPort]time.Time // sources handled lately
+	answered map[netip.AddrPort]time.Time // sources the device answered
+	tokens   float64
+	last     time.Time
 }
 
 func newHandshakeWatch(priv Key, isPeer func(Key) bool, report func(RefusedHandshake)) *handshakeWatch {
 	w := &handshakeWatch{priv: priv, pub: priv.PublicKey(), isPeer: isPeer, report: report,
 		queue: make(chan initiation, refusedQueue), stop: make(chan struct{}), done: make(chan struct{}),
-		seen: make(map[netip.AddrPort]time.Time), tokens: refusedBurst}
+		seen: make(map[netip.AddrPort]time.Time), answered: make(map[netip.AddrPort]time.Time), tokens: refusedBurst}
 	h, _ := blake2s.New256(nil)
 	h.Write([]byte("mac1----"))
 	h.Write(w.pub[:])
@@ -109,6 +115,10 @@ func (w *handshakeWatch) offer(b []byte, ep conn.Endpoint) {
 	now := time.Now()
 	w.mu.Lock()
 	if t, ok := w.seen[from]; ok && now.Sub(t) < refusedInterval {
+		w.mu.Unlock()
+		return
+	}
+	if t, ok := w.answered[from]; ok && now.Sub(t) < answeredFor {
 		w.mu.Unlock()
 		return
 	}
@@ -133,18 +143,45 @@ func (w *handshakeWatch) offer(b []byte, ep conn.Endpoint) {
 // remember notes a source as handled at now; false if the table is full
 // of sources handled within the interval. w.mu is held.
 func (w *handshakeWatch) remember(from netip.AddrPort, now time.Time) bool {
-	if len(w.seen) >= refusedSources {
-		for a, t := range w.seen {
-			if now.Sub(t) >= refusedInterval {
-				delete(w.seen, a)
+	return note(w.seen, from, now, refusedInterval)
+}
+
+// note sets m[from] = now, first dropping entries older than keep when
+// m is full; false if it stays full.
+func note(m map[netip.AddrPort]time.Time, from netip.AddrPort, now time.Time, keep time.Duration) bool {
+	if _, ok := m[from]; !ok && len(m) >= refusedSources {
+		for a, t := range m {
+			if now.Sub(t) >= keep {
+				delete(m, a)
 			}
 		}
-		if len(w.seen) >= refusedSources {
+		if len(m) >= refusedSources {
 			return false
 		}
 	}
-	w.seen[from] = now
+	m[from] = now
 	return true
+}
+
+// sent is called for each Send of the device: wireguard-go sends each
+// handshake message alone, so one comparison tells a batch of data
+// packets apart. A response means the source's key is a peer.
+func (w *handshakeWatch) sent(bufs [][]byte, ep conn.Endpoint) {
+	if len(bufs) != 1 || len(bufs[0]) != responseSize || binary.LittleEndian.Uint32(bufs[0]) != responseType {
+		return
+	}
+	from := endpointAddr(ep)
+	w.mu.Lock()
+	note(w.answered, from, time.Now(), answeredFor)
+	w.mu.Unlock()
+}
+
+// peersChanged forgets which sources were answered: a removed peer's
+// next initiation is looked at again.
+func (w *handshakeWatch) peersChanged() {
+	w.mu.Lock()
+	clear(w.answered)
+	w.mu.Unlock()
 }
 
 // forget lets a source's next initiation be looked at again: one that was
@@ -259,6 +296,11 @@ func (w *handshakeWatch) close() {
 type watchBind struct {
 	conn.Bind
 	w *handshakeWatch
+}
+
+func (b *watchBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	b.w.sent(bufs, ep)
+	return b.Bind.Send(bufs, ep)
 }
 
 func (b *watchBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {

@@ -86,6 +86,34 @@ func TestRefusedHandshakes(t *testing.T) {
 		t.Errorf("reported %+v", r)
 	default:
 	}
+	// The answered source is skipped from now on, without a decode;
+	// once the peer is removed, its next initiation is reported.
+	dport, _ := d.ListenPort()
+	from := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(dport))
+	srv.watch.mu.Lock()
+	_, answered := srv.watch.answered[from]
+	srv.watch.mu.Unlock()
+	if !answered {
+		t.Errorf("the device's response to %s was not noted", from)
+	}
+	if err := srv.RemovePeer(pk.PublicKey()); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(15 * time.Second)
+	for {
+		d.Rehandshake(sk.PublicKey()) // wireguard-go sends at most one per 5 s
+		select {
+		case r := <-reports:
+			if r.PublicKey != pk.PublicKey() {
+				t.Errorf("after RemovePeer: %+v", r)
+			}
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a removed peer's initiation was not reported")
+		}
+	}
 }
 
 func TestHandshakeWatchBounds(t *testing.T) {
