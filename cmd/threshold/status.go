@@ -209,6 +209,11 @@ func printServerStatus(out io.Writer, api string, clients map[string]control.Cli
 		fmt.Fprintln(w, "(none)")
 	}
 	w.Flush()
+	for _, id := range ids {
+		if other := clients[id].ReportedClientId; other != "" {
+			fmt.Fprintf(out, "note: %s calls itself %q (the ClientId in its client.json)\n", id, other)
+		}
+	}
 	fmt.Fprintln(out)
 	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "TUNNEL\tSERVICE\tCLIENTS\tACTIVE\tLAST REFUSAL")

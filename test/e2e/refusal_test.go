@@ -88,6 +88,23 @@ func TestTunnelRefusals(t *testing.T) {
 		}
 	}
 
+	// A UDP session the client refuses is recorded too (its log line is
+	// the UDP listener's own).
+	udpPort := freePort(t, "udp")
+	all := configOf(srv.tunnels(t))
+	all = append(all, tunnel{Protocol: "udp", ListenAddress: "127.0.0.1", ListenPort: udpPort, BackEndService: "nosuch", ClientId: "home"})
+	srv.mustPutTunnels(t, all)
+	uc, err := net.Dial("udp", tcpAddr(udpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	waitUntil(t, 10*time.Second, "GET /tunnels to show the UDP tunnel's refusal", func() bool {
+		uc.Write([]byte("ping"))
+		ts := srv.tunnels(t)
+		return len(ts) == 3 && ts[2].LastRefusalReason == "unknown_service" && ts[2].LastRefusalAt != nil
+	})
+
 	// Bounded per tunnel: 30 more refusals add at most the burst.
 	for range 30 {
 		refusedConn(t, tcpAddr(unknownPort))
