@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 )
 
 // The client's view of SOCKS5 refusals. The server decides them
@@ -34,6 +35,8 @@ type socksWatch struct {
 
 	mu  sync.Mutex
 	req []byte // the application's first bytes
+	// finished: the request's reply has passed; nothing more is kept.
+	finished atomic.Bool
 }
 
 // requestConn records what the application sends.
@@ -46,6 +49,10 @@ type requestConn struct {
 func (c *requestConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if !c.done && n > 0 {
+		if c.w.finished.Load() {
+			c.done = true
+			return n, err
+		}
 		c.w.mu.Lock()
 		take := min(n, maxSocksRequest-len(c.w.req))
 		c.w.req = append(c.w.req, b[:take]...)
@@ -86,7 +93,7 @@ func (c *replyConn) feed(p []byte) {
 		return
 	}
 	if b[1] != socksNoAuth {
-		c.done = true // no acceptable method: the server said so, and closes
+		c.finish() // no acceptable method: the server said so, and closes
 		return
 	}
 	r := b[2:]
@@ -102,14 +109,17 @@ func (c *replyConn) feed(p []byte) {
 	case 3:
 		addrLen = 1 + int(r[4])
 	default:
-		c.done = true
+		c.finish()
 		return
 	}
 	if len(r) < 4+addrLen+2 {
 		return
 	}
-	c.done = true
+	c.finish()
 	if r[1] == socksSucceeded {
+		c.w.mu.Lock()
+		c.w.req = nil
+		c.w.mu.Unlock()
 		return
 	}
 	port := uint16(r[4+addrLen])<<8 | uint16(r[4+addrLen+1])
@@ -119,8 +129,17 @@ func (c *replyConn) feed(p []byte) {
 	}
 	c.w.mu.Lock()
 	f.Destination = socksDestination(c.w.req)
+	c.w.req = nil
 	c.w.mu.Unlock()
 	c.w.report(f)
+}
+
+// finish ends the watch: the rest of the session is passed through, and
+// what was kept is let go (but for the request, until it is read).
+func (c *replyConn) finish() {
+	c.done = true
+	c.w.finished.Store(true)
+	c.buf = nil
 }
 
 // socksDestination reads the destination of a greeting and request; ""

@@ -39,12 +39,16 @@ func TestTunnelRefusals(t *testing.T) {
 	ck := newKey(t)
 	srv := startServer(t, map[string]wg.Key{"home": ck})
 	down := tcpAddr(freePort(t, "tcp")) // nothing listens there
-	startClient(t, srv, "home", ck, map[string]string{"down": down})
+	be := startBackend(t, "plain", false)
+	// "plain" sends no PROXY header, by the client's own choice.
+	startClientWith(t, srv, "home", ck, nil, map[string]any{"ServiceToLocalAddrMap": map[string]any{
+		"down": down, "plain": map[string]any{"Address": be.addr, "ProxyProtocol": 0}}})
 	srv.waitState(t, "home", "ClientConnected", 30*time.Second)
-	unknownPort, downPort := freePort(t, "tcp"), freePort(t, "tcp")
+	unknownPort, downPort, proxyPort := freePort(t, "tcp"), freePort(t, "tcp"), freePort(t, "tcp")
 	srv.mustPutTunnels(t, []tunnel{
 		{ListenAddress: "127.0.0.1", ListenPort: unknownPort, BackEndService: "nosuch", ClientId: "home"},
 		{ListenAddress: "127.0.0.1", ListenPort: downPort, BackEndService: "down", ClientId: "home"},
+		{ListenAddress: "127.0.0.1", ListenPort: proxyPort, BackEndService: "plain", ClientId: "home", HaProxyProxyProtocol: true},
 	})
 	if ts := srv.tunnels(t); ts[0].LastRefusalReason != "" || ts[0].LastRefusalAt != nil {
 		t.Fatalf("a tunnel nothing was refused on shows a refusal: %+v", ts[0])
@@ -56,9 +60,11 @@ func TestTunnelRefusals(t *testing.T) {
 	t.Logf("logged %s after the connection: %s", time.Since(before).Round(time.Millisecond), line)
 	refusedConn(t, tcpAddr(downPort))
 	waitLog(t, srv.proc, 5*time.Second, `client \"home\" could not connect to its service \"down\"`, "reason=backend_unreachable")
+	refusedConn(t, tcpAddr(proxyPort))
+	waitLog(t, srv.proc, 5*time.Second, `client \"home\" refused it by its PROXY policy`, "reason=client_refused")
 
 	ts := srv.tunnels(t)
-	for i, want := range []string{"unknown_service", "backend_unreachable"} {
+	for i, want := range []string{"unknown_service", "backend_unreachable", "client_refused"} {
 		tn := ts[i]
 		if tn.LastRefusalReason != want || tn.LastRefusalAt == nil || tn.LastRefusalAt.Before(before.Add(-time.Second)) || time.Since(*tn.LastRefusalAt) > time.Minute {
 			t.Errorf("tunnel %d: LastRefusalReason %q at %v, want %q just now", i, tn.LastRefusalReason, tn.LastRefusalAt, want)
@@ -102,7 +108,7 @@ func TestTunnelRefusals(t *testing.T) {
 	waitUntil(t, 10*time.Second, "GET /tunnels to show the UDP tunnel's refusal", func() bool {
 		uc.Write([]byte("ping"))
 		ts := srv.tunnels(t)
-		return len(ts) == 3 && ts[2].LastRefusalReason == "unknown_service" && ts[2].LastRefusalAt != nil
+		return len(ts) == 4 && ts[3].LastRefusalReason == "unknown_service" && ts[3].LastRefusalAt != nil
 	})
 
 	// Bounded per tunnel: 30 more refusals add at most the burst.
