@@ -69,6 +69,17 @@ func readmeBlockUnder(t *testing.T, blocks []readmeBlock, heading, want string) 
 	return ""
 }
 
+// readmeCommand returns the arguments of the command the README's table
+// of commands gives, in backticks, starting with prefix.
+func readmeCommand(t *testing.T, readme, prefix string) []string {
+	t.Helper()
+	m := regexp.MustCompile("(?m)^\\| `(" + regexp.QuoteMeta(prefix) + "[^`]*)` \\|").FindStringSubmatch(readme)
+	if m == nil {
+		t.Fatalf("README.md's table of commands has no `%s...`", prefix)
+	}
+	return strings.Fields(m[1])[1:]
+}
+
 // startIn runs the binary in dir with the binary's directory first in
 // PATH, as a user who installed it would.
 func startIn(t *testing.T, name, dir string, args ...string) *proc {
@@ -144,7 +155,7 @@ func TestReadmeSetup(t *testing.T) {
 	replaceField(t, what, registered, "PublicKey", clientPub)
 	clientID, _ := registered["ClientId"].(string)
 	writeJSON(t, filepath.Join(vm, "server.json"), sc)
-	srv := startIn(t, "server", vm, "server", "--config", "server.json")
+	srv := startIn(t, "server", vm, readmeCommand(t, readme, "threshold server ")...)
 	started := waitLog(t, srv, 15*time.Second, "threshold server started", "public_key=")
 	serverPub := regexp.MustCompile(`public_key="?([A-Za-z0-9+/=]{44})`).FindStringSubmatch(started)[1]
 	if sd, _ := sc["StateDir"].(string); sd != "" {
@@ -183,7 +194,7 @@ func TestReadmeSetup(t *testing.T) {
 		t.Errorf("the README's client config names PrivateKeyFile %v, which step 1 did not write: %v", cc["PrivateKeyFile"], err)
 	}
 	writeJSON(t, filepath.Join(home, "client.json"), cc)
-	cl := startIn(t, "client", home, "client", "--config", "client.json")
+	cl := startIn(t, "client", home, readmeCommand(t, readme, "threshold client ")...)
 	waitLog(t, cl, 5*time.Second, "threshold client started", fmt.Sprintf("public_key=%q", clientPub))
 	waitLog(t, cl, 20*time.Second, "connected to server")
 	api := fmt.Sprintf("http://localhost:%d", mgmtPort)
