@@ -478,7 +478,7 @@ func (l *link) serverInstance(id uint32) {
 	if old == 0 {
 		return
 	}
-	n := l.conn.CloseAll() + l.relayed.closeAll()
+	n := l.conn.CloseAll() + l.udp.CloseAll() + l.relayed.closeAll()
 	l.log.Info("the server restarted: closed the connections it had", "connections", n)
 }
 
@@ -545,6 +545,11 @@ func (t *trackedConn) Close() error {
 	t.set.remove(t)
 	return t.Conn.Close()
 }
+
+// NetConn is the tunnel's conn beneath: the relay's join waits for it to
+// be readable without a goroutine per quiet direction (forward.waiterOf
+// unwraps through NetConn); reads, writes and Close still go through t.
+func (t *trackedConn) NetConn() net.Conn { return t.Conn }
 
 // CloseWrite half-closes, as the relay's join expects of a TCP conn.
 func (t *trackedConn) CloseWrite() error {

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"net"
 	"testing"
 	"time"
 )
@@ -30,5 +31,29 @@ func TestWarnSchedule(t *testing.T) {
 	again := down.Add(time.Hour)
 	if w.due(again.Add(9*time.Second), again) || !w.due(again.Add(10*time.Second), again) {
 		t.Fatal("after a reset the first warning is not 10 s after the new loss")
+	}
+}
+
+// A relayed SOCKS5 conn is tracked by its link and still shows the
+// tunnel's conn beneath, which the relay's join needs to wait for data
+// without a goroutine; closing it leaves the set.
+func TestTrackedConn(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	var set connSet
+	c := set.track(a)
+	nc, ok := c.(interface{ NetConn() net.Conn })
+	if !ok || nc.NetConn() != a {
+		t.Fatalf("a tracked conn does not unwrap to the tunnel's conn")
+	}
+	if set.count() != 1 {
+		t.Fatalf("set holds %d conns, want 1", set.count())
+	}
+	c.Close()
+	if set.count() != 0 {
+		t.Errorf("a closed conn stayed in the set")
+	}
+	if n := set.closeAll(); n != 0 {
+		t.Errorf("closeAll closed %d, want 0", n)
 	}
 }

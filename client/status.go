@@ -56,6 +56,10 @@ type ServerStatus struct {
 	Connections       int
 	UDPSessions       int
 	Socks5Connections int
+	// ProxyRefused counts the connections and UDP sessions from this
+	// server the client refused by its PROXY choice or source policy
+	// (see "Who decides what the backend believes").
+	ProxyRefused uint64
 	// LastError is why the server has no address yet, if it has none.
 	LastError string `json:",omitempty"`
 }
@@ -142,6 +146,7 @@ func (l *link) status() ServerStatus {
 	s.Connections = l.conn.Live()
 	s.UDPSessions = l.udp.Sessions()
 	s.Socks5Connections = l.relayed.count()
+	s.ProxyRefused = l.conn.Refused() + l.udp.Refused()
 	return s
 }
 

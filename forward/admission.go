@@ -154,6 +154,19 @@ func (t *throttle) log(log *slog.Logger, level slog.Level, msg string, args ...a
 	log.Log(context.Background(), level, msg, args...)
 }
 
+// LogThrottle throttles log lines that unauthenticated sources can cause,
+// as the forwarders' own are (a burst, then one line every 10 s carrying
+// the count of those held back), for other packages: the management API.
+type LogThrottle struct{ t *throttle }
+
+// NewLogThrottle returns a LogThrottle that has let nothing through yet.
+func NewLogThrottle() *LogThrottle { return &LogThrottle{t: newThrottle()} }
+
+// Log writes a line through the throttle.
+func (l *LogThrottle) Log(log *slog.Logger, level slog.Level, msg string, args ...any) {
+	l.t.log(log, level, msg, args...)
+}
+
 // Suppressed reports how many lines the throttle is holding back now.
 func (t *throttle) pending() int {
 	t.mu.Lock()

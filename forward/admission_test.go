@@ -289,3 +289,48 @@ func TestThrottle(t *testing.T) {
 	// Nothing is counted at a level the logger does not write.
 	th.log(slog.New(slog.DiscardHandler), slog.LevelInfo, "x")
 }
+
+// The client's refusals of tunneled connections (an unknown service, a
+// backend down) come one per user connection: throttled.
+func TestConnectorRefusalsThrottled(t *testing.T) {
+	logs := &lockedBuffer{}
+	_, addr := ftStartConnector(t, map[string]string{"echo": "127.0.0.1:1"}, func(c *ConnectorConfig) {
+		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	})
+	for range 50 {
+		c, err := net.DialTimeout("tcp", addr, ftPrompt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteRequest(c, ftRequest("nope", 0)); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(ftPrompt))
+		var st [1]byte
+		if _, err := io.ReadFull(c, st[:]); err != nil || Status(st[0]) != StatusUnknownService {
+			t.Fatalf("status %x %v, want unknown service", st, err)
+		}
+		c.Close()
+	}
+	if n := strings.Count(logs.String(), "tunneled connection refused"); n == 0 || n > 20 {
+		t.Errorf("50 refusals made %d log lines, want 1-20:\n%s", n, logs.String())
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger and a reader at once.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

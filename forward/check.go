@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"syscall"
 	"time"
@@ -45,6 +46,13 @@ type CheckRequest struct {
 	// UDP: the service is tried as a UDP service (an empty datagram, then
 	// a short wait for an ICMP error) instead of with a TCP connect.
 	UDP bool
+	// Asked is the PROXY version (0 for none) the tunnel asks for its
+	// users' connections, so that the client judges it by its own PROXY
+	// choice as it would a user's: a check is not ok where every user
+	// would be refused. AskedKnown is false for a check from a server
+	// that does not say (it is then not judged).
+	Asked      int
+	AskedKnown bool
 }
 
 // tlvs marks the request's TLVs as a check's.
@@ -58,15 +66,27 @@ func (c *CheckRequest) tlvs(tlvs []proxyproto.TLV) []proxyproto.TLV {
 			tlvs[i].Value = []byte{checkMarker}
 		}
 	}
-	return append(tlvs, proxyproto.TLV{Type: tlvCheck, Value: append(c.Token[:], proto)})
+	v := append(c.Token[:], proto)
+	if c.AskedKnown {
+		v = append(v, byte(c.Asked))
+	}
+	return append(tlvs, proxyproto.TLV{Type: tlvCheck, Value: v})
 }
 
+// parseCheck reads a check TLV: the token, the protocol, and (from
+// servers that send it) the PROXY version the tunnel asks for.
 func parseCheck(v []byte) (*CheckRequest, error) {
-	if len(v) != CheckTokenLen+1 || (v[CheckTokenLen] != 't' && v[CheckTokenLen] != 'u') {
+	if (len(v) != CheckTokenLen+1 && len(v) != CheckTokenLen+2) || (v[CheckTokenLen] != 't' && v[CheckTokenLen] != 'u') {
 		return nil, fmt.Errorf("malformed check TLV (%d bytes)", len(v))
 	}
 	c := &CheckRequest{UDP: v[CheckTokenLen] == 'u'}
 	copy(c.Token[:], v)
+	if len(v) == CheckTokenLen+2 {
+		if c.Asked = int(v[CheckTokenLen+1]); c.Asked > 2 {
+			return nil, fmt.Errorf("malformed check TLV: PROXY version %d", c.Asked)
+		}
+		c.AskedKnown = true
+	}
 	return c, nil
 }
 
@@ -88,10 +108,11 @@ func (r *Request) checkMarked() error {
 type BackendResult byte
 
 const (
-	BackendOK          BackendResult = iota // connected (TCP), or no ICMP error (UDP)
-	BackendRefused                          // connection refused, or ICMP port unreachable
-	BackendTimeout                          // no answer within the client's dial timeout
-	BackendUnreachable                      // anything else: no route, a name that does not resolve
+	BackendOK           BackendResult = iota // connected (TCP), or no ICMP error (UDP)
+	BackendRefused                           // connection refused, or ICMP port unreachable
+	BackendTimeout                           // no answer within the client's dial timeout
+	BackendUnreachable                       // anything else: no route, a name that does not resolve
+	BackendProxyRefused                      // not tried: the client's PROXY policy refuses the tunnel's connections
 )
 
 // checkUDPWait is how long a UDP try waits for an ICMP error.
@@ -109,14 +130,17 @@ func (c *Connector) answerCheck(conn net.Conn, req Request, addr string, log *sl
 		return
 	}
 	start := time.Now()
-	res, err := c.tryService(addr, req.Check.UDP)
-	took := time.Since(start)
-	msg := ""
+	var res BackendResult
+	var msg string
+	err := c.checkProxyChoice(req)
 	if err != nil {
-		msg = err.Error()
-		if len(msg) > maxCheckMessage {
-			msg = msg[:maxCheckMessage]
-		}
+		res, msg = BackendProxyRefused, err.Error()
+	} else if res, err = c.tryService(addr, req.Check.UDP); err != nil {
+		msg = tryMessage(res, err)
+	}
+	took := time.Since(start)
+	if len(msg) > maxCheckMessage {
+		msg = msg[:maxCheckMessage]
 	}
 	log.Info("reachability check answered", "backend", addr, "result", res.String(), "took", took.Round(time.Microsecond), "err", err)
 	b := make([]byte, 0, 6+len(msg))
@@ -158,6 +182,50 @@ func (c *Connector) tryService(addr string, udp bool) (BackendResult, error) {
 	return BackendOK, nil
 }
 
+// checkProxyChoice judges a check by the client's PROXY choice for its
+// service, as a user's connection or UDP session of the tunnel would be.
+// A check through the API has no user (its source is unspecified), so
+// only the choice is judged; a probe from outside has a source, which is
+// judged too.
+func (c *Connector) checkProxyChoice(req Request) error {
+	if !req.Check.AskedKnown {
+		return nil
+	}
+	chosen, own := c.cfg.ServiceProxy[req.Service]
+	if req.Check.UDP && own && chosen == 1 {
+		return fmt.Errorf("%w: this service's backend gets PROXY v1 (ProxyProtocol 1), which has no datagram form; use 2", ErrRefused)
+	}
+	sources := c.cfg.Sources
+	if a := req.Source.Addr(); !a.IsValid() || a.IsUnspecified() {
+		sources = SourcePolicy{Allow: anySource}
+	}
+	_, err := backendProxy(chosen, own, req.Check.Asked, req.Source, sources)
+	return err
+}
+
+// anySource allows every source: for checks that have none.
+var anySource = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
+
+// tryMessage says how a try of a service failed without the service's
+// address: the answer goes to the server, which is not to learn the
+// client's local addresses (the client's own log has the whole error).
+func tryMessage(res BackendResult, err error) string {
+	var errno syscall.Errno
+	var dns *net.DNSError
+	switch {
+	case errors.As(err, &dns):
+		if dns.IsNotFound {
+			return "the service's host name does not resolve"
+		}
+		return "looking up the service's host name failed"
+	case res == BackendTimeout:
+		return "no answer in time"
+	case errors.As(err, &errno):
+		return errno.Error()
+	}
+	return "the service could not be reached"
+}
+
 func classifyTry(err error) BackendResult {
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
@@ -178,6 +246,8 @@ func (r BackendResult) String() string {
 		return "timeout"
 	case BackendUnreachable:
 		return "unreachable"
+	case BackendProxyRefused:
+		return "proxy_refused"
 	}
 	return fmt.Sprintf("BackendResult(%d)", byte(r))
 }

@@ -118,7 +118,9 @@ func (c *Connector) handle(conn net.Conn) {
 		return
 	}
 	refuse := func(err error, log *slog.Logger) {
-		log.Info("tunneled connection refused", "err", err)
+		// Users on the internet cause these (an unknown service, a
+		// backend down), one per connection: throttled.
+		c.logRefused.log(log, slog.LevelInfo, "tunneled connection refused", "err", err)
 		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
 		_, _ = conn.Write([]byte{byte(statusFor(err))})
 		s.close()

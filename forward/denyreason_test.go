@@ -1,14 +1,12 @@
 package forward
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -65,24 +63,6 @@ func TestDenyReasons(t *testing.T) {
 	if reasonOfPort(0) != DenyUnknown || reasonOfPort(1080) != DenyUnknown {
 		t.Error("a port without the mark read as a reason")
 	}
-}
-
-// lockedBuffer is a log sink for tests.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // TestRelayLogsRefusals: the relay logs a request the server's egress

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -62,6 +63,8 @@ const (
 	MaxArmedChecks = 16
 	// MaxCheckedTunnels bounds the tunnels one Check call checks.
 	MaxCheckedTunnels = 100
+	// MaxCheckDuration bounds one Check call.
+	MaxCheckDuration = 25 * time.Second
 	// checkConcurrency is how many tunnels one Check call checks at once.
 	checkConcurrency = 8
 )
@@ -75,6 +78,7 @@ const (
 	CheckBackendRefused     = "backend_refused"     // the service refused the connect (or ICMP port unreachable)
 	CheckBackendTimeout     = "backend_timeout"     // the service did not answer the connect in time
 	CheckBackendUnreachable = "backend_unreachable" // no route, a name that does not resolve, ...
+	CheckProxyRefused       = "proxy_refused"       // the client's PROXY choice for the service refuses the tunnel's connections
 	CheckWrongTunnel        = "wrong_tunnel"        // a probe routed to another tunnel than its token's
 )
 
@@ -83,6 +87,9 @@ var (
 	ErrNoTunnel = errors.New("no such tunnel")
 	// ErrTooManyChecks: MaxArmedChecks tokens are armed already.
 	ErrTooManyChecks = errors.New("too many checks armed")
+	// errCheckTooLong ends the checks a call has not finished in
+	// MaxCheckDuration.
+	errCheckTooLong = fmt.Errorf("not finished within the %s one check call may take (name fewer tunnels)", MaxCheckDuration)
 )
 
 // CheckResult is how a check of one tunnel went.
@@ -171,6 +178,11 @@ func (g *Gateway) Check(ctx context.Context, sel []CheckSelector) ([]CheckResult
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	// The whole call is bounded, so that its answer is written before the
+	// management API's write timeout (30 s) however many services are
+	// silent; a tunnel not finished by then is reported as such.
+	ctx, cancel := context.WithTimeoutCause(ctx, MaxCheckDuration, errCheckTooLong)
+	defer cancel()
 	out := make([]CheckResult, len(ts))
 	sem := make(chan struct{}, checkConcurrency)
 	var wg sync.WaitGroup
@@ -206,7 +218,7 @@ func (g *Gateway) checkTunnel(ctx context.Context, t Tunnel, src, dst netip.Addr
 		return fail(CheckNoClient, fmt.Errorf("none of %v is connected", t.Clients()))
 	}
 	if ctx.Err() != nil {
-		return fail(CheckClientUnreachable, ctx.Err())
+		return fail(CheckClientUnreachable, context.Cause(ctx))
 	}
 	up, peer, err := g.dial(t)
 	if err != nil {
@@ -216,7 +228,7 @@ func (g *Gateway) checkTunnel(ctx context.Context, t Tunnel, src, dst netip.Addr
 	stop := context.AfterFunc(ctx, func() { up.Close() })
 	defer stop()
 	res.ClientId = peer.ID
-	req := Request{Service: t.BackEndService, Source: src, Destination: dst, Check: &CheckRequest{Token: token, UDP: t.IsUDP()}}
+	req := Request{Service: t.BackEndService, Source: src, Destination: dst, Check: &CheckRequest{Token: token, UDP: t.IsUDP(), Asked: t.backendProxyVersion(), AskedKnown: true}}
 	_ = up.SetWriteDeadline(time.Now().Add(g.cfg.DialTimeout))
 	sent := time.Now()
 	if err := WriteRequest(up, req); err != nil {
@@ -233,6 +245,11 @@ func (g *Gateway) checkTunnel(ctx context.Context, t Tunnel, src, dst netip.Addr
 		return fail(CheckUnknownService, fmt.Errorf("client %q has no service %q in its ServiceToLocalAddrMap", peer.ID, t.BackEndService))
 	case errors.Is(err, ErrBadRequest) && res.RoundTripMillis == 0:
 		return fail(CheckClientRefused, fmt.Errorf("%w (a client older than reachability checks refuses them)", err))
+	case err != nil && ctx.Err() != nil && res.RoundTripMillis > 0:
+		// The client answered; its try of the service outlasted the call.
+		return fail(CheckBackendTimeout, context.Cause(ctx))
+	case err != nil && ctx.Err() != nil:
+		return fail(CheckClientUnreachable, context.Cause(ctx))
 	case err != nil:
 		return fail(CheckClientUnreachable, err)
 	}
@@ -246,6 +263,8 @@ func (g *Gateway) checkTunnel(ctx context.Context, t Tunnel, src, dst netip.Addr
 		return fail(CheckBackendRefused, errors.New(ans.message))
 	case BackendTimeout:
 		return fail(CheckBackendTimeout, errors.New(ans.message))
+	case BackendProxyRefused:
+		return fail(CheckProxyRefused, fmt.Errorf("client %q refuses this tunnel's connections: %s", peer.ID, ans.message))
 	}
 	return fail(CheckBackendUnreachable, errors.New(ans.message))
 }
@@ -467,7 +486,8 @@ func (p *probeGuard) Read(b []byte) (int, error) {
 	if !p.checked && n > 0 {
 		p.checked = true
 		if looksLikeProbe(b[:n]) {
-			p.g.log.Info("connection cut: a reachability probe came after the port stopped waiting for it, or with no token armed", "from", addrString(p.RemoteAddr()))
+			// Anyone can send a probe's line: throttled like a route miss.
+			p.g.logRoute.log(p.g.log, slog.LevelInfo, "connection cut: a reachability probe came after the port stopped waiting for it, or with no token armed", "from", addrString(p.RemoteAddr()))
 			p.Conn.Close()
 			return 0, errLateProbe
 		}

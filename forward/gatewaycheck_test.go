@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -361,5 +362,71 @@ func TestLooksLikeProbe(t *testing.T) {
 		if got := looksLikeProbe([]byte(b)); got != want {
 			t.Errorf("looksLikeProbe(%.40q) = %v", b, got)
 		}
+	}
+}
+
+// Anyone can send a probe's line to a port with no token armed: the
+// connections are cut, never passed on, and their log lines throttled.
+func TestLateProbesThrottled(t *testing.T) {
+	be := ckStartBackend(t, "")
+	_, conn := ftStartConnector(t, map[string]string{"echo": be.addr}, nil)
+	logs := &lockedBuffer{}
+	h := ftNewGateway(t, func(c *GatewayConfig) { c.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
+	h.addClient("home", conn)
+	port := ftFreePort(t)
+	h.apply(t, ftTunnel(port, "home"))
+	const probes = 50
+	for range probes {
+		if res, line := ckProbe(t, port, ProbeLine("AAAAAAAAAAAAAAAAAAAAAA")); line != "" {
+			t.Fatalf("a probe with no token armed was answered: %+v", res)
+		}
+	}
+	if _, n := be.seen(); n != 0 {
+		t.Errorf("the backend got %d bytes of probes", n)
+	}
+	if n := strings.Count(logs.String(), "reachability probe came after"); n == 0 || n > 20 {
+		t.Errorf("%d late probes made %d log lines, want 1-20", probes, n)
+	}
+}
+
+// A check call ends when its context does, however slow the services:
+// the tunnels it could not finish say so, and the call answers at once.
+func TestGatewayCheckBounded(t *testing.T) {
+	_, conn := ftStartConnector(t, map[string]string{"slow": "192.0.2.1:9"}, func(c *ConnectorConfig) {
+		c.DialTimeout = time.Minute // the client would wait long for its service
+		c.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}
+	})
+	h := ftNewGateway(t, nil)
+	h.addClient("home", conn)
+	var ts []Tunnel
+	for range checkConcurrency + 2 { // some wait for a slot, some are mid-check
+		tn := ftTunnel(ftFreePort(t), "home")
+		tn.BackEndService = "slow"
+		ts = append(ts, tn)
+	}
+	h.apply(t, ts...)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	res, err := h.gw.Check(ctx, nil)
+	if took := time.Since(start); err != nil || took > 5*time.Second {
+		t.Fatalf("Check took %s: %v", took, err)
+	}
+	timedOut := 0
+	for _, r := range res {
+		// The reason is the call's end, not the closed connection it
+		// leaves; a client that answered its token was reachable.
+		if r.OK || !strings.Contains(r.Error, context.DeadlineExceeded.Error()) {
+			t.Errorf("an unfinished check: %+v", r)
+		}
+		if r.Reason == CheckBackendTimeout && r.RoundTripMillis > 0 {
+			timedOut++
+		}
+	}
+	if timedOut == 0 {
+		t.Errorf("no check that reached the client reports backend_timeout: %+v", res)
 	}
 }

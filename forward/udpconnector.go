@@ -545,8 +545,22 @@ func (c *UDPConnector) Sessions() int {
 
 // Close stops Serve, closes every session's socket and waits. Idempotent.
 func (c *UDPConnector) Close() error {
+	c.closeSessions(true)
+	c.life.close()
+	return nil
+}
+
+// CloseAll closes every session and keeps serving: for a server that
+// restarted, whose sessions (and their IDs) died with it. It sends the
+// server nothing and reports how many it closed.
+func (c *UDPConnector) CloseAll() int { return c.closeSessions(false) }
+
+// closeSessions closes every session; with final, no new one begins.
+func (c *UDPConnector) closeSessions(final bool) int {
 	c.mu.Lock()
-	c.closed = true
+	if final {
+		c.closed = true
+	}
 	all := make([]*clientSession, 0, len(c.sessions))
 	for _, s := range c.sessions {
 		all = append(all, s)
@@ -556,6 +570,5 @@ func (c *UDPConnector) Close() error {
 	for _, s := range all {
 		s.close()
 	}
-	c.life.close()
-	return nil
+	return len(all)
 }

@@ -247,16 +247,7 @@ func (l *udpListener) readPublic() {
 	for {
 		n, src, dst, err := l.pub.read(buf[udpMaxDataHeader:], oob)
 		if err != nil {
-			if l.stopped() || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// Transient (ICMP errors reported on the socket, no buffers):
-			// back off a little instead of spinning.
-			backoff = min(max(2*backoff, time.Millisecond), 100*time.Millisecond)
-			l.log.Debug("reading the public UDP socket", "err", err)
-			select {
-			case <-time.After(backoff):
-			case <-l.done:
+			if !l.readFailed(&backoff, "public", err) {
 				return
 			}
 			continue
@@ -429,20 +420,31 @@ func (l *udpListener) finish(s *serverSession, notify bool) bool {
 
 // readTunnel relays the clients' frames: replies back to their users from
 // the public socket, refusals and drop notices to the metrics.
+// readFailed handles a failed read of the socket named which: false if
+// the listener is done; else it waits a growing pause and returns true.
+// Errors here are transient (ICMP errors reported on the socket, no
+// buffers), so it backs off a little instead of spinning.
+func (l *udpListener) readFailed(backoff *time.Duration, which string, err error) bool {
+	if l.stopped() || errors.Is(err, net.ErrClosed) {
+		return false
+	}
+	*backoff = min(max(2**backoff, time.Millisecond), 100*time.Millisecond)
+	l.log.Debug("reading the "+which+" UDP socket", "err", err)
+	select {
+	case <-time.After(*backoff):
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
 func (l *udpListener) readTunnel() {
 	buf := make([]byte, 1<<16)
 	var backoff time.Duration
 	for {
 		n, from, err := l.tun.ReadFrom(buf)
 		if err != nil {
-			if l.stopped() || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			backoff = min(max(2*backoff, time.Millisecond), 100*time.Millisecond)
-			l.log.Debug("reading the tunnel UDP socket", "err", err)
-			select {
-			case <-time.After(backoff):
-			case <-l.done:
+			if !l.readFailed(&backoff, "tunnel", err) {
 				return
 			}
 			continue

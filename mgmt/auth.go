@@ -53,6 +53,7 @@ import (
 	"time"
 
 	"github.com/thresholdtunnel/threshold/control"
+	"github.com/thresholdtunnel/threshold/forward"
 )
 
 // MinTokenBytes is the shortest accepted management token, after trimming
@@ -84,6 +85,9 @@ type Auth struct {
 	tlsConfig *tls.Config        // nil without mutual TLS
 	token     *[sha256.Size]byte // SHA-256 of the token; nil without one
 	log       *slog.Logger
+	// logRefused throttles the refusal lines: anyone who reaches the
+	// port can cause them.
+	logRefused *forward.LogThrottle
 }
 
 // NewAuth checks c and loads its files, each once. It reports every
@@ -100,7 +104,7 @@ func NewAuth(c AuthConfig) (*Auth, error) {
 
 // load reads and checks everything; a is only usable if p stays empty.
 func (c AuthConfig) load(p *control.Problems) (a *Auth) {
-	a = &Auth{log: c.Logger}
+	a = &Auth{log: c.Logger, logRefused: forward.NewLogThrottle()}
 	tlsFields := []struct{ name, value string }{
 		{"CaCertificateFile", c.CaCertificateFile},
 		{"ServerTlsCertificateFile", c.ServerTlsCertificateFile},
@@ -384,7 +388,7 @@ func bearer(vals []string) (string, bool) {
 
 func (a *Auth) refuse(w http.ResponseWriter, r *http.Request, code int, msg string) {
 	if a.log != nil {
-		a.log.Info("management request refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "status", code, "err", msg)
+		a.logRefused.Log(a.log, slog.LevelInfo, "management request refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "status", code, "err", msg)
 	}
 	body, _ := json.Marshal(errorBody{Error: msg})
 	w.Header().Set("Content-Type", "application/json")

@@ -866,3 +866,30 @@ func TestAuthOpenSSLCommands(t *testing.T) {
 		t.Errorf("mismatched key accepted: %q", probs)
 	}
 }
+
+// Refusals are logged through a throttle: anyone who reaches the port can
+// cause them, and 100 must not make 100 lines.
+func TestAuthRefusalsThrottled(t *testing.T) {
+	logs := &authSyncBuffer{}
+	a := authMustNew(t, AuthConfig{
+		ManagementTokenFile: authWriteToken(t, "s3cr3t-t0ken-0123456789abcdef"),
+		ListenAddress:       netip.MustParseAddr("0.0.0.0"),
+		Logger:              slog.New(slog.NewTextHandler(logs, nil)),
+	})
+	url := authServe(t, a.Wrap(authOKHandler), nil, &authSyncBuffer{}) + "/clients"
+	c := authHTTPClient(t, nil)
+	for range 100 {
+		resp, err := c.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("status %d, want 401", resp.StatusCode)
+		}
+	}
+	if n := strings.Count(logs.String(), "management request refused"); n == 0 || n > 20 {
+		t.Errorf("100 refusals made %d log lines, want 1-20:\n%s", n, logs.String())
+	}
+}

@@ -87,7 +87,7 @@ func (a *api) checkTunnels(w http.ResponseWriter, r *http.Request) {
 	var req CheckBody
 	if len(bytes.TrimSpace(data)) > 0 { // no body: check every tunnel
 		probs := control.NewProblems(control.ErrInvalid, "check request")
-		if !(control.JSON{Offsets: true, MaxElements: forward.MaxTunnels}).Decode(data, &req, probs) || probs.Len() > 0 {
+		if !(control.JSON{Offsets: true, MaxElements: forward.MaxCheckedTunnels}).Decode(data, &req, probs) || probs.Len() > 0 {
 			a.fail(w, r, probs)
 			return
 		}

@@ -30,6 +30,11 @@ func TestCheckEndpoints(t *testing.T) {
 	if code != 200 || len(f.checkSel) != 1 || f.checkSel[0].ListenPort != 443 || f.checkSel[0].ListenHostnameGlob != "a.example.com" {
 		t.Errorf("POST /tunnels/check with a selector: %d %s, selected %+v", code, got, f.checkSel)
 	}
+	// No more selectors than tunnels one call checks: refused unread.
+	many := `{"Tunnels":[` + strings.TrimSuffix(strings.Repeat(`{"ListenPort":1},`, forward.MaxCheckedTunnels+1), ",") + `]}`
+	if code, got := do(t, serve(t, f), "POST", "/tunnels/check", many); code != 400 || !strings.Contains(got, "at most 100") {
+		t.Errorf("POST /tunnels/check with %d selectors: %d %.300s", forward.MaxCheckedTunnels+1, code, got)
+	}
 	if code, got := do(t, s, "POST", "/tunnels/check", `{"Tunnels":[{"Port":443}]}`); code != 400 {
 		t.Errorf("unknown selector field: %d %s", code, got)
 	}

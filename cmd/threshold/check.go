@@ -48,6 +48,7 @@ var checkHints = map[string]string{
 	forward.CheckBackendTimeout:     "the service did not answer: a firewall on the client's side, or an address that is not there",
 	forward.CheckBackendUnreachable: "the client cannot reach the service's address",
 	forward.CheckWrongTunnel:        "the probe went to another tunnel on that port: give the host name users connect with as --tls-name",
+	forward.CheckProxyRefused:       "the client refuses this tunnel's connections by its PROXY choice for the service: make the tunnel's HaProxyProxyProtocol match the service's ProxyProtocol in the client's ServiceToLocalAddrMap (or, for UDP, use 2)",
 }
 
 func runCheck(args []string, stdout, stderr io.Writer) int {

@@ -138,6 +138,12 @@ func printClientStatus(out io.Writer, st client.Status, now time.Time) {
 			ago(now, s.LastHandshake), transfer(s.BytesIn, s.BytesOut), s.Connections+s.UDPSessions+s.Socks5Connections)
 	}
 	w.Flush()
+	for _, s := range st.Servers {
+		if s.ProxyRefused > 0 {
+			fmt.Fprintf(out, "%s:%d: %d connections or UDP sessions refused by the PROXY choice or source policy (see the client's log)\n",
+				s.ServerHost, s.ServerTunnelControlPort, s.ProxyRefused)
+		}
+	}
 	fmt.Fprintln(out)
 	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "SERVICE\tADDRESS")

@@ -45,7 +45,7 @@ func TestPrintClientStatus(t *testing.T) {
 	printClientStatus(&out, client.Status{
 		ClientId: "home", PublicKey: "cpk=", TunnelAddress: "fd74:6872:6573::5",
 		Servers: []client.ServerStatus{
-			{ServerHost: "eu.example.com", ServerTunnelControlPort: 9056, Endpoint: "203.0.113.10:9056", State: "connected", Since: now.Add(-2 * time.Hour), LastHandshake: &hs, BytesIn: 10, BytesOut: 20, Connections: 2},
+			{ServerHost: "eu.example.com", ServerTunnelControlPort: 9056, Endpoint: "203.0.113.10:9056", State: "connected", Since: now.Add(-2 * time.Hour), LastHandshake: &hs, BytesIn: 10, BytesOut: 20, Connections: 2, ProxyRefused: 3},
 			{ServerHost: "us.example.com", ServerTunnelControlPort: 9056, State: "resolving", Since: now.Add(-30 * time.Second), LastError: "no such host"},
 		},
 		Services: []client.ServiceStatus{{Name: "web", Address: "127.0.0.1:8080"}},
@@ -57,6 +57,7 @@ func TestPrintClientStatus(t *testing.T) {
 		"eu.example.com:9056  203.0.113.10:9056  connected for 2h 0m", "5s ago", "10 B received, 20 B sent",
 		"us.example.com:9056  -                  resolving for 30s: no such host",
 		"web      127.0.0.1:8080",
+		"eu.example.com:9056: 3 connections or UDP sessions refused by the PROXY choice",
 		"socks5: 127.0.0.1:1080 leaves from eu.example.com:9056 (order: eu.example.com:9056, us.example.com:9056)",
 	} {
 		if !strings.Contains(got, want) {

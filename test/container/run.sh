@@ -265,7 +265,7 @@ running() { [ "$(podman inspect --format '{{.State.Running}}' "$1" 2>/dev/null)"
 # public_key NAME: the key a container logged at its last start (text or
 # JSON logs; slog quotes a value that holds "=").
 public_key() {
-	podman logs "$1" 2>&1 | sed -n 's/.*public_key"\{0,1\}[=:]"\{0,1\}\([A-Za-z0-9+\/=]\{44\}\).*/\1/p' | tail -1
+	podman logs "$1" 2>&1 | sed -n 's/.*[^_]public_key"\{0,1\}[=:]"\{0,1\}\([A-Za-z0-9+\/=]\{44\}\).*/\1/p' | tail -1
 }
 wait_key() { # wait_key NAME: prints the public key the container logged
 	local key
