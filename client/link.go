@@ -222,6 +222,11 @@ func (l *link) run(ctx context.Context) {
 			if _, err := l.hb.Write(forward.Ping(seq)); err != nil {
 				l.log.Debug("heartbeat send failed", "err", err)
 			}
+			if seq%forward.HelloEvery == 1 {
+				// Our name, for a server that compares it with its own
+				// for this key (an older one ignores it).
+				l.hb.Write(forward.Hello(l.clientID))
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -54,6 +54,10 @@ type ClientStatus struct {
 	Socks5Enabled       bool
 	Socks5BytesSent     uint64
 	Socks5BytesReceived uint64
+	// ReportedClientId is the name the client gives itself (its
+	// ClientId in client.json, sent with its heartbeats), shown only when
+	// it differs from the name it is registered under.
+	ReportedClientId string `json:",omitempty"`
 }
 
 // CheckClientID reports whether id can name a client.

@@ -70,6 +70,9 @@ type Options struct {
 	// younger than this; DefaultHeartbeatTimeout if zero.
 	HeartbeatTimeout time.Duration
 	Logger           *slog.Logger // required
+	// Now is the clock; time.Now if nil (tests give their own, before
+	// the Plane starts watching).
+	Now func() time.Time
 }
 
 // How a client is judged connected: it pings the server through the tunnel
@@ -101,7 +104,7 @@ type Plane struct {
 	stop chan struct{}
 	done chan struct{}
 	once sync.Once
-	now  func() time.Time // time.Now; tests replace it
+	now  func() time.Time // Options.Now
 }
 
 type client struct {
@@ -114,6 +117,7 @@ type client struct {
 	state, lastState State
 	// SOCKS5 egress payload bytes, kept across key rotations.
 	egressSent, egressReceived *atomic.Uint64
+	diag                       diagState // diagnose.go
 }
 
 // New validates opts, registers the saved (or bootstrap) clients and puts
@@ -139,6 +143,9 @@ func New(opts Options) (_ *Plane, err error) {
 	if opts.HeartbeatTimeout <= 0 {
 		opts.HeartbeatTimeout = DefaultHeartbeatTimeout
 	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	p := &Plane{
 		opts:    opts,
 		log:     opts.Logger,
@@ -146,7 +153,7 @@ func New(opts Options) (_ *Plane, err error) {
 		byAddr:  make(map[netip.Addr]*client),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
-		now:     time.Now,
+		now:     opts.Now,
 	}
 	if err := p.restore(); err != nil {
 		p.mu.Lock()
@@ -425,6 +432,9 @@ func (c *client) status(st PeerStats) ClientStatus {
 		Socks5BytesSent:     c.egressSent.Load(),
 		Socks5BytesReceived: c.egressReceived.Load(),
 	}
+	if c.diag.reported != c.id {
+		cs.ReportedClientId = c.diag.reported
+	}
 	if !st.LastHandshake.IsZero() {
 		t := st.LastHandshake.UTC()
 		cs.LastHandshake = &t
@@ -580,12 +590,15 @@ func (p *Plane) watch() {
 	defer close(p.done)
 	t := time.NewTicker(checkInterval)
 	defer t.Stop()
-	for {
+	for n := 1; ; n++ {
 		select {
 		case <-p.stop:
 			return
 		case <-t.C:
 			p.check()
+			if n%int(diagnoseEvery/checkInterval) == 0 {
+				p.diagnose()
+			}
 		}
 	}
 }

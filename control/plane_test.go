@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"strings"
@@ -25,6 +26,7 @@ type fakeDevice struct {
 	mu      sync.Mutex
 	peers   map[Key]bool
 	failAdd error
+	stats   map[Key]PeerStats
 }
 
 func (d *fakeDevice) ParseKey(s string) (Key, error) {
@@ -58,7 +60,11 @@ func (d *fakeDevice) RemovePeer(k Key) error {
 	return nil
 }
 
-func (d *fakeDevice) Stats() map[Key]PeerStats { return nil }
+func (d *fakeDevice) Stats() map[Key]PeerStats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return maps.Clone(d.stats)
+}
 
 func (d *fakeDevice) has(k Key) bool {
 	d.mu.Lock()
@@ -272,12 +278,11 @@ func newHarness(t *testing.T, store *memStore, bootstrap ...Registration) *harne
 	h.p, err = New(Options{
 		Device: h.dev, Gateway: h.gw, Egress: h.egress, Store: store,
 		Publish:   func(d *forward.Directory) { dir.Lock(); dir.d = d; dir.Unlock() },
-		ServerKey: key(0xee), Bootstrap: bootstrap, Logger: log,
+		ServerKey: key(0xee), Bootstrap: bootstrap, Logger: log, Now: h.clock,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.p.now = h.clock
 	t.Cleanup(func() { h.p.Close() })
 	return h
 }

@@ -85,7 +85,7 @@ func (f FileStore) Save(s Saved) error {
 	s.Version = stateVersion
 	s.Tunnels = append([]forward.Tunnel(nil), s.Tunnels...)
 	for i := range s.Tunnels {
-		s.Tunnels[i].ActiveClientId = ""
+		s.Tunnels[i] = s.Tunnels[i].WithoutOutput()
 	}
 	data, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {

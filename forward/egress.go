@@ -221,6 +221,7 @@ func NewEgress(cfg EgressConfig) (*Egress, error) {
 type socksError struct {
 	code byte
 	err  error
+	why  DenyReason // for socksNotAllowed: sent in BND.PORT (denyreason.go)
 }
 
 func (e *socksError) Error() string { return e.err.Error() }
@@ -284,7 +285,7 @@ func (e *Egress) ServeConn(clientID string, c net.Conn) error {
 			log.Debug("egress: handshake failed", "err", err)
 		} else {
 			_ = c.SetWriteDeadline(time.Now().Add(e.cfg.HandshakeTimeout))
-			if writeReply(c, se.code, netip.AddrPort{}) == nil {
+			if writeReply(c, se.code, netip.AddrPortFrom(netip.IPv4Unspecified(), socksReasonPort(se.why))) == nil {
 				e.drain(c)
 			}
 		}
@@ -373,7 +374,7 @@ func (e *Egress) handshake(ctx context.Context, clientID string, c net.Conn, log
 	req, err := socks5.NewRequest(r)
 	if err != nil {
 		if r.n >= 4 && r.atyp != 1 && r.atyp != 3 && r.atyp != 4 {
-			return nil, "", &socksError{socksAddrTypeUnsupported, fmt.Errorf("egress: address type %d not supported", r.atyp)}
+			return nil, "", &socksError{code: socksAddrTypeUnsupported, err: fmt.Errorf("egress: address type %d not supported", r.atyp)}
 		}
 		if r.err != nil {
 			// go-socks5 flattens read errors into text; keep the real one,
@@ -391,12 +392,12 @@ func (e *Egress) handshake(ctx context.Context, clientID string, c net.Conn, log
 	dst := net.JoinHostPort(host, strconv.Itoa(d.Port))
 	if req.Command != socks5.ConnectCommand {
 		log.Debug("egress: command not supported", "destination", dst, "command", req.Command)
-		return nil, dst, &socksError{socksCommandNotSupported, fmt.Errorf("egress: SOCKS command %d not supported", req.Command)}
+		return nil, dst, &socksError{code: socksCommandNotSupported, err: fmt.Errorf("egress: SOCKS command %d not supported", req.Command)}
 	}
 	if e.cfg.Directory != nil {
 		if err := socksAllowed(e.cfg.Directory(), clientID); err != nil {
 			log.Debug("egress: refused", "destination", dst, "reason", err)
-			return nil, dst, &socksError{socksNotAllowed, fmt.Errorf("%w: %w", ErrEgressDenied, err)}
+			return nil, dst, &socksError{code: socksNotAllowed, err: fmt.Errorf("%w: %w", ErrEgressDenied, err), why: DenySocksDisabled}
 		}
 	}
 
@@ -410,7 +411,7 @@ func (e *Egress) handshake(ctx context.Context, clientID string, c net.Conn, log
 	} else if a, err := netip.ParseAddr(d.FQDN); err == nil {
 		addrs = []netip.Addr{a}
 	} else if d.FQDN == "" {
-		return nil, dst, &socksError{socksGeneralFailure, errors.New("egress: empty destination")}
+		return nil, dst, &socksError{code: socksGeneralFailure, err: errors.New("egress: empty destination")}
 	} else {
 		addrs, err = e.resolve(ctx, d.FQDN)
 		if err == nil && len(addrs) == 0 {
@@ -418,7 +419,7 @@ func (e *Egress) handshake(ctx context.Context, clientID string, c net.Conn, log
 		}
 		if err != nil {
 			log.Debug("egress: resolution failed", "destination", dst, "err", err)
-			return nil, dst, &socksError{socksHostUnreachable, fmt.Errorf("egress: resolving %q: %w", d.FQDN, err)}
+			return nil, dst, &socksError{code: socksHostUnreachable, err: fmt.Errorf("egress: resolving %q: %w", d.FQDN, err)}
 		}
 	}
 
@@ -442,16 +443,20 @@ func (e *Egress) handshake(ctx context.Context, clientID string, c net.Conn, log
 	if len(allowed) == 0 {
 		if denied != nil {
 			log.Debug("egress: destination denied", "destination", dst, "reason", denied)
-			return nil, dst, &socksError{socksNotAllowed, denied}
+			why := DenyUnknown
+			if d := (*EgressDenial)(nil); errors.As(denied, &d) {
+				why = d.Reason
+			}
+			return nil, dst, &socksError{code: socksNotAllowed, err: denied, why: why}
 		}
 		log.Debug("egress: no address of the source address family", "destination", dst, "local_addr", e.cfg.LocalAddr)
-		return nil, dst, &socksError{socksNetworkUnreachable, fmt.Errorf("egress: %s has no address reachable from %s", dst, e.cfg.LocalAddr)}
+		return nil, dst, &socksError{code: socksNetworkUnreachable, err: fmt.Errorf("egress: %s has no address reachable from %s", dst, e.cfg.LocalAddr)}
 	}
 
 	target, err := e.dialAny(ctx, allowed, port)
 	if err != nil {
 		log.Debug("egress: dial failed", "destination", dst, "err", err)
-		return nil, dst, &socksError{dialErrorCode(err), fmt.Errorf("egress: dialling %s: %w", dst, err)}
+		return nil, dst, &socksError{code: dialErrorCode(err), err: fmt.Errorf("egress: dialling %s: %w", dst, err)}
 	}
 	return target, dst, nil
 }

@@ -169,6 +169,7 @@ type Gateway struct {
 	tunnels   []Tunnel
 	routeKeys map[string]bool // of tunnels
 	checks    checks          // tokens armed for reachability probes
+	refusals  refusals        // the last refusal of each tunnel: refusal.go
 }
 
 type listener struct {
@@ -245,6 +246,7 @@ func (g *Gateway) Tunnels() []Tunnel {
 			n = udp[ts[i].ListenKey()]
 		}
 		ts[i].ActiveSessions = &n
+		g.refusals.fill(&ts[i])
 	}
 	return ts
 }

@@ -81,27 +81,32 @@ type EgressPolicy struct {
 	Self func() []netip.Addr
 }
 
-// builtinDeny is the default deny list, with the reason reported for each.
+// builtinDeny is the default deny list, with the reason reported for each
+// and its kind. The metadata address comes before its link-local range, so
+// that it is named as what it is.
 var builtinDeny = []struct {
 	p      netip.Prefix
 	reason string
+	kind   DenyReason
 }{
-	{netip.MustParsePrefix("0.0.0.0/8"), "\"this network\" (0.0.0.0/8)"},
-	{netip.MustParsePrefix("10.0.0.0/8"), "private (10.0.0.0/8)"},
-	{netip.MustParsePrefix("100.64.0.0/10"), "carrier-grade NAT (100.64.0.0/10)"},
-	{netip.MustParsePrefix("127.0.0.0/8"), "loopback (127.0.0.0/8)"},
-	{netip.MustParsePrefix("169.254.0.0/16"), "link-local (169.254.0.0/16)"},
-	{netip.MustParsePrefix("172.16.0.0/12"), "private (172.16.0.0/12)"},
-	{netip.MustParsePrefix("192.168.0.0/16"), "private (192.168.0.0/16)"},
-	{netip.MustParsePrefix("224.0.0.0/4"), "multicast (224.0.0.0/4)"},
-	{netip.MustParsePrefix("240.0.0.0/4"), "reserved or broadcast (240.0.0.0/4)"},
-	{netip.MustParsePrefix("::/128"), "unspecified (::)"},
-	{netip.MustParsePrefix("::1/128"), "loopback (::1)"},
-	{netip.MustParsePrefix("::/96"), "IPv4-compatible (::/96)"},
-	{netip.MustParsePrefix("fc00::/7"), "unique local (fc00::/7)"},
-	{netip.MustParsePrefix("fe80::/10"), "link-local (fe80::/10)"},
-	{netip.MustParsePrefix("fec0::/10"), "site-local (fec0::/10)"},
-	{netip.MustParsePrefix("ff00::/8"), "multicast (ff00::/8)"},
+	{netip.MustParsePrefix("0.0.0.0/8"), "\"this network\" (0.0.0.0/8)", DenySpecial},
+	{netip.MustParsePrefix("10.0.0.0/8"), "private (10.0.0.0/8)", DenyPrivate},
+	{netip.MustParsePrefix("100.64.0.0/10"), "carrier-grade NAT (100.64.0.0/10)", DenyPrivate},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback (127.0.0.0/8)", DenyLoopback},
+	{netip.MustParsePrefix("169.254.169.254/32"), "cloud metadata service (169.254.169.254, link-local)", DenyMetadata},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local (169.254.0.0/16)", DenyLinkLocal},
+	{netip.MustParsePrefix("172.16.0.0/12"), "private (172.16.0.0/12)", DenyPrivate},
+	{netip.MustParsePrefix("192.168.0.0/16"), "private (192.168.0.0/16)", DenyPrivate},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast (224.0.0.0/4)", DenySpecial},
+	{netip.MustParsePrefix("240.0.0.0/4"), "reserved or broadcast (240.0.0.0/4)", DenySpecial},
+	{netip.MustParsePrefix("::/128"), "unspecified (::)", DenySpecial},
+	{netip.MustParsePrefix("::1/128"), "loopback (::1)", DenyLoopback},
+	{netip.MustParsePrefix("::/96"), "IPv4-compatible (::/96)", DenySpecial},
+	{netip.MustParsePrefix("fd00:ec2::254/128"), "cloud metadata service (fd00:ec2::254, unique local)", DenyMetadata},
+	{netip.MustParsePrefix("fc00::/7"), "unique local (fc00::/7)", DenyPrivate},
+	{netip.MustParsePrefix("fe80::/10"), "link-local (fe80::/10)", DenyLinkLocal},
+	{netip.MustParsePrefix("fec0::/10"), "site-local (fec0::/10)", DenyPrivate},
+	{netip.MustParsePrefix("ff00::/8"), "multicast (ff00::/8)", DenySpecial},
 }
 
 // Transition forms: IPv6 addresses that stand for an IPv4 address, which
@@ -170,64 +175,72 @@ func embeddedIPv4(a netip.Addr) []embedded {
 }
 
 // Check reports whether the server may dial dst: nil if so, otherwise an
-// error wrapping ErrEgressDenied that gives the reason.
+// *EgressDenial (wrapping ErrEgressDenied) that gives the reason.
 func (p EgressPolicy) Check(dst netip.AddrPort) error {
-	deny := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s: %s", ErrEgressDenied, dst, fmt.Sprintf(format, args...))
+	deny := func(kind DenyReason, format string, args ...any) error {
+		return &EgressDenial{Reason: kind, msg: fmt.Sprintf("%v: %s: %s", ErrEgressDenied, dst, fmt.Sprintf(format, args...))}
 	}
 	a := dst.Addr().WithZone("").Unmap()
 	port := dst.Port()
 	switch {
 	case !a.IsValid():
-		return deny("invalid address")
+		return deny(DenyInvalid, "invalid address")
 	case port == 0:
-		return deny("port 0")
+		return deny(DenyInvalid, "port 0")
 	case slices.Contains(p.DenyPorts, port):
-		return deny("port %d is denied", port)
+		return deny(DenyPortPolicy, "port %d is denied", port)
 	case len(p.AllowPorts) > 0 && !slices.Contains(p.AllowPorts, port):
-		return deny("port %d is not allowed", port)
+		return deny(DenyPortPolicy, "port %d is not allowed", port)
 	}
 	for _, ap := range p.DenyAddrPorts {
 		ea := ap.Addr().WithZone("").Unmap()
 		if (ap.Port() == 0 || ap.Port() == port) && (ea.IsUnspecified() || ea == a) {
-			return deny("destination %s is denied", ap)
+			return deny(DenyAddrPort, "destination %s is denied", ap)
 		}
 	}
 	for _, pr := range p.DenyCIDRs {
 		if prefixContains(pr, a) {
-			return deny("in denied range %s", pr)
+			return deny(DenyRange, "in denied range %s", pr)
 		}
 	}
 	if p.allowed(a) {
 		return nil
 	}
-	if slices.Contains(p.LocalAddrs, a) || p.Self != nil && slices.Contains(p.Self(), a) {
-		return deny("one of the server's own addresses")
+	// Loopback is one of the server's own addresses too, but "loopback"
+	// says more.
+	reason, kind := defaultDenied(a)
+	if kind != DenyLoopback && p.own(a) {
+		return deny(DenyServerAddress, "one of the server's own addresses")
 	}
-	if reason := defaultDenied(a); reason != "" {
-		return deny("%s", reason)
+	if reason != "" {
+		return deny(kind, "%s", reason)
 	}
 	for _, e := range embeddedIPv4(a) {
 		if p.allowed(e.v4) {
 			continue
 		}
-		reason := defaultDenied(e.v4)
-		if reason == "" && (slices.Contains(p.LocalAddrs, e.v4) || p.Self != nil && slices.Contains(p.Self(), e.v4)) {
-			reason = "one of the server's own addresses"
+		reason, kind := defaultDenied(e.v4)
+		if reason == "" && p.own(e.v4) {
+			reason, kind = "one of the server's own addresses", DenyServerAddress
 		}
 		for _, pr := range p.DenyCIDRs {
 			if reason == "" && prefixContains(pr, e.v4) {
-				reason = "in denied range " + pr.String()
+				reason, kind = "in denied range "+pr.String(), DenyRange
 			}
 		}
 		if reason != "" {
-			return deny("%s address of %s, %s", e.form, e.v4, reason)
+			return deny(kind, "%s address of %s, %s", e.form, e.v4, reason)
 		}
 	}
 	if p.TunnelPrefix.IsValid() && prefixContains(p.TunnelPrefix, a) {
-		return deny("in the tunnel's range %s", p.TunnelPrefix)
+		return deny(DenyTunnel, "in the tunnel's range %s", p.TunnelPrefix)
 	}
 	return nil
+}
+
+// own reports whether a is one of the server's own addresses.
+func (p EgressPolicy) own(a netip.Addr) bool {
+	return slices.Contains(p.LocalAddrs, a) || p.Self != nil && slices.Contains(p.Self(), a)
 }
 
 func (p EgressPolicy) allowed(a netip.Addr) bool {
@@ -240,14 +253,14 @@ func (p EgressPolicy) allowed(a netip.Addr) bool {
 }
 
 // defaultDenied returns why a (unmapped, without zone) is on the built-in
-// deny list, or "" if it is not.
-func defaultDenied(a netip.Addr) string {
+// deny list, and its kind; "" if it is not.
+func defaultDenied(a netip.Addr) (string, DenyReason) {
 	for _, d := range builtinDeny {
 		if d.p.Contains(a) {
-			return d.reason
+			return d.reason, d.kind
 		}
 	}
-	return ""
+	return "", DenyUnknown
 }
 
 // prefixContains is p.Contains(a) for an unmapped, zoneless a, where a

@@ -51,14 +51,14 @@ func (p SourcePolicy) Check(a netip.Addr) error {
 	if !a.IsValid() {
 		return errors.New("no valid source address")
 	}
-	if reason := defaultDenied(a); reason != "" {
+	if reason, _ := defaultDenied(a); reason != "" {
 		return fmt.Errorf("source %s is %s", a, reason)
 	}
 	if p.TunnelPrefix.IsValid() && p.TunnelPrefix.Contains(a) {
 		return fmt.Errorf("source %s is in the tunnel's range %s", a, p.TunnelPrefix)
 	}
 	for _, e := range embeddedIPv4(a) {
-		if reason := defaultDenied(e.v4); reason != "" {
+		if reason, _ := defaultDenied(e.v4); reason != "" {
 			return fmt.Errorf("source %s is the %s address of %s, %s", a, e.form, e.v4, reason)
 		}
 	}

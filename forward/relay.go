@@ -23,8 +23,9 @@ type RelayConfig struct {
 // connection from Dial: the client's SOCKS5 port, relayed through the
 // tunnel to the server's SOCKS5 service.
 type Relay struct {
-	cfg  RelayConfig
-	life lifecycle
+	cfg        RelayConfig
+	life       lifecycle
+	logRefused *throttle // failed requests: relaywatch.go
 }
 
 // NewRelay checks cfg and returns a Relay.
@@ -43,7 +44,7 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
 	cfg.Timeouts = cfg.Timeouts.withDefaults()
-	r := &Relay{cfg: cfg}
+	r := &Relay{cfg: cfg, logRefused: newThrottle()}
 	r.life.init(cfg.Logger)
 	return r, nil
 }
@@ -73,7 +74,8 @@ func (r *Relay) handle(c net.Conn) {
 	if !s.add(up) {
 		return
 	}
-	res := Join(c, up, r.cfg.Timeouts)
+	local, upstream := r.watchSocks(c, up)
+	res := Join(local, upstream, r.cfg.Timeouts)
 	r.cfg.Logger.Debug("relay: connection done", "from", addrString(c.RemoteAddr()), "bytes_sent", res.AToB, "bytes_received", res.BToA, "err", res.Err)
 }
 

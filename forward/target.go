@@ -26,6 +26,7 @@ func (g *Gateway) forward(s *session, public net.Conn, t Tunnel) {
 	if err != nil {
 		g.logNoClient.log(log, slog.LevelInfo, "connection refused: no client reachable", "clients", t.Clients(), "err", err)
 		g.cfg.Rejected(RejectNoClient)
+		g.noteRefusal(t, "", RejectNoClient, err) // logged above
 		s.close()
 		return
 	}
@@ -64,10 +65,13 @@ func (g *Gateway) forward(s *session, public net.Conn, t Tunnel) {
 	switch {
 	case errors.Is(res.Err, ErrUnknownService):
 		g.cfg.Rejected(RejectUnknownService)
+		g.refused(t, peer.ID, RejectUnknownService, res.Err)
 	case errors.Is(res.Err, ErrBackendUnreachable):
 		g.cfg.Rejected(RejectBackendUnreachable)
+		g.refused(t, peer.ID, RejectBackendUnreachable, res.Err)
 	case errors.Is(res.Err, ErrRefused):
 		g.cfg.Rejected(RejectClientRefused)
+		g.refused(t, peer.ID, RejectClientRefused, res.Err)
 	}
 	log.Debug("connection done", "bytes_in", res.AToB, "bytes_out", res.BToA, "err", res.Err)
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/thresholdtunnel/threshold/forward/sniff"
 )
@@ -49,6 +50,28 @@ type Tunnel struct {
 	// ActiveSessions is output only: the tunnel's live connections (TCP)
 	// or sessions (UDP) when the list was read.
 	ActiveSessions *int `json:",omitempty"`
+	// LastRefusalReason, LastRefusal and LastRefusalAt are output only:
+	// the last connection (or UDP session) of the tunnel that was
+	// refused: its reason (a Reject* one: unknown_service,
+	// backend_unreachable, client_refused, client_unreachable, ...), a
+	// sentence saying what to check, and when (refusal.go).
+	LastRefusalReason string     `json:",omitempty"`
+	LastRefusal       string     `json:",omitempty"`
+	LastRefusalAt     *time.Time `json:",omitempty"`
+}
+
+// clearOutput empties the output-only fields: a PUT may send back what a
+// GET gave, and a saved list holds none of them.
+func (t *Tunnel) clearOutput() {
+	t.ActiveClientId = ""
+	t.ActiveSessions = nil
+	t.LastRefusalReason, t.LastRefusal, t.LastRefusalAt = "", "", nil
+}
+
+// WithoutOutput is t without its output-only fields.
+func (t Tunnel) WithoutOutput() Tunnel {
+	t.clearOutput()
+	return t
 }
 
 // Protocols.
@@ -122,8 +145,7 @@ func (t Tunnel) backendProxyVersion() int {
 // the session cap, PROXY version 2 and mode "every"; the canonical form of
 // ListenAddress.
 func (t *Tunnel) Normalize() {
-	t.ActiveClientId = ""
-	t.ActiveSessions = nil
+	t.clearOutput()
 	t.Protocol = strings.ToLower(t.Protocol)
 	if t.Protocol == "" {
 		t.Protocol = ProtocolTCP

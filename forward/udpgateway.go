@@ -492,6 +492,7 @@ func (l *udpListener) readTunnel() {
 			}
 			if l.end(s, false) {
 				l.obs.Refused(reason)
+				l.g.noteRefusal(*l.tunnel.Load(), s.client, reason, nil)
 				l.refusedLog.do(func(more int) {
 					l.log.Warn("UDP session refused by the client", "from", s.key.src, "client", s.client, "reason", reason, "refused_since_last_line", more)
 				})

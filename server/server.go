@@ -175,7 +175,8 @@ func (s *Server) startTunnel() (err error) {
 		return err
 	}
 	s.onClose(s.stack.Close)
-	if s.dev, err = wg.New(wg.Config{PrivateKey: s.key, ListenPort: s.cfg.TunnelControlPort, TUN: s.stack, Logger: s.log.With("component", "wireguard")}); err != nil {
+	if s.dev, err = wg.New(wg.Config{PrivateKey: s.key, ListenPort: s.cfg.TunnelControlPort, TUN: s.stack, Logger: s.log.With("component", "wireguard"),
+		RefusedHandshake: s.refusedHandshake}); err != nil {
 		return err
 	}
 	s.onClose(s.dev.Close) // before the stack's: the device closes its TUN itself
@@ -339,7 +340,7 @@ func (s *Server) Close() error {
 // who it came from. The source address is authenticated: WireGuard only
 // accepts it from the peer it belongs to.
 func (s *Server) echoHeartbeats() {
-	buf := make([]byte, 64)
+	buf := make([]byte, 256) // a Ping or a Hello
 	var instance uint32
 	for instance == 0 {
 		var b [4]byte
@@ -352,7 +353,14 @@ func (s *Server) echoHeartbeats() {
 			return
 		}
 		ua, ok := from.(*net.UDPAddr)
-		if !ok || !forward.IsPing(buf[:n]) {
+		if !ok {
+			continue
+		}
+		if name, ok := forward.ParseHello(buf[:n]); ok {
+			s.plane.HeardName(ua.AddrPort().Addr(), name)
+			continue
+		}
+		if !forward.IsPing(buf[:n]) {
 			continue
 		}
 		s.plane.Heard(ua.AddrPort().Addr())

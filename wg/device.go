@@ -35,6 +35,11 @@ type Config struct {
 	// (bind_linux.go). Tests can pass wireguard-go's conn/bindtest.
 	Bind   conn.Bind
 	Logger *slog.Logger
+	// RefusedHandshake, if set, is told of handshake initiations the
+	// device refuses: made for another public key, or from a key that is
+	// no peer (handshake.go). Calls are bounded per source and in all,
+	// and come from one goroutine of the device's.
+	RefusedHandshake func(RefusedHandshake)
 }
 
 // Peer is one WireGuard peer.
@@ -68,6 +73,7 @@ type Device struct {
 	peers   map[Key][]netip.Prefix
 	closed  bool
 	closeMu sync.Once
+	watch   *handshakeWatch // nil without Config.RefusedHandshake
 }
 
 // New starts a device with no peers.
@@ -98,19 +104,24 @@ func New(cfg Config) (*Device, error) {
 		bind = newBind()
 	}
 	d := &Device{
-		dev:    device.NewDevice(cfg.TUN, bind, dlog),
 		bind:   bind,
 		log:    log,
 		owners: make(map[netip.Prefix]Key),
 		peers:  make(map[Key][]netip.Prefix),
 	}
+	devBind := bind
+	if cfg.RefusedHandshake != nil {
+		d.watch = newHandshakeWatch(cfg.PrivateKey, d.isPeer, cfg.RefusedHandshake)
+		devBind = &watchBind{Bind: bind, w: d.watch}
+	}
+	d.dev = device.NewDevice(cfg.TUN, devBind, dlog)
 	uapi := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", cfg.PrivateKey.hexString(), cfg.ListenPort)
 	if err := d.dev.IpcSet(uapi); err != nil {
-		d.dev.Close()
+		d.Close()
 		return nil, fmt.Errorf("wg: configuring device: %w", err)
 	}
 	if err := d.dev.Up(); err != nil {
-		d.dev.Close()
+		d.Close()
 		return nil, fmt.Errorf("wg: bringing device up: %w", err)
 	}
 	return d, nil
@@ -171,6 +182,9 @@ func (d *Device) RemovePeer(pub Key) error {
 		delete(d.owners, ip)
 	}
 	delete(d.peers, pub)
+	if d.watch != nil {
+		d.watch.peersChanged()
+	}
 	return nil
 }
 
@@ -257,8 +271,19 @@ func (d *Device) Close() error {
 		d.closed = true
 		d.mu.Unlock()
 		d.dev.Close()
+		if d.watch != nil {
+			d.watch.close()
+		}
 	})
 	return nil
+}
+
+// isPeer reports whether k is a peer of the device.
+func (d *Device) isPeer(k Key) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.peers[k]
+	return ok
 }
 
 // Rehandshake starts a new handshake with a peer now, instead of when

@@ -160,8 +160,7 @@ func printClientStatus(out io.Writer, st client.Status, now time.Time) {
 	}
 }
 
-// tunnelStatus is a tunnel of GET /tunnels, with the fields that tell its
-// last refusal where the server reports them.
+// tunnelStatus is a tunnel of GET /tunnels, with its last refusal.
 type tunnelStatus struct {
 	ListenAddress      string
 	ListenPort         int
@@ -174,7 +173,6 @@ type tunnelStatus struct {
 	LastRefusal        string
 	LastRefusalReason  string
 	LastRefusalAt      *time.Time
-	LastRefusalTime    *time.Time
 }
 
 func serverStatus(ctx context.Context, c *apiClient, stdout io.Writer) error {
@@ -217,6 +215,11 @@ func printServerStatus(out io.Writer, api string, clients map[string]control.Cli
 		fmt.Fprintln(w, "(none)")
 	}
 	w.Flush()
+	for _, id := range ids {
+		if other := clients[id].ReportedClientId; other != "" {
+			fmt.Fprintf(out, "note: %s calls itself %q (the ClientId in its client.json)\n", id, other)
+		}
+	}
 	fmt.Fprintln(out)
 	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "TUNNEL\tSERVICE\tCLIENTS\tACTIVE\tLAST REFUSAL")
@@ -252,12 +255,8 @@ func (t tunnelStatus) lastRefusal(now time.Time) string {
 	if what == "" {
 		return "-"
 	}
-	at := t.LastRefusalAt
-	if at == nil {
-		at = t.LastRefusalTime
-	}
-	if at != nil {
-		what += ", " + ago(now, at)
+	if t.LastRefusalAt != nil {
+		what += ", " + ago(now, t.LastRefusalAt)
 	}
 	return what
 }

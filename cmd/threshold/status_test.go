@@ -16,7 +16,7 @@ func TestPrintServerStatus(t *testing.T) {
 	refused := now.Add(-3 * time.Hour)
 	var out bytes.Buffer
 	printServerStatus(&out, "http://127.0.0.1:9057", map[string]control.ClientStatus{
-		"home":   {CurrentState: control.ClientConnected, LastHandshake: &hs, BytesIn: 2048, BytesOut: 300, TunnelAddress: "fd74:6872:6573::5", PublicKey: "pk="},
+		"home":   {CurrentState: control.ClientConnected, LastHandshake: &hs, BytesIn: 2048, BytesOut: 300, TunnelAddress: "fd74:6872:6573::5", PublicKey: "pk=", ReportedClientId: "home2"},
 		"office": {CurrentState: control.ClientUnknown},
 	}, []tunnelStatus{
 		{ListenPort: 443, ListenHostnameGlob: "*", BackEndService: "web", ClientIds: []string{"home", "office"}, ActiveClientId: "home"},
@@ -30,6 +30,7 @@ func TestPrintServerStatus(t *testing.T) {
 		"*:443 *         web      home,office  home            -",
 		"127.0.0.1:25 *  mail     office       none connected  unknown_service, 3h 0m ago",
 		"office  never seen  -                 -                              -                  -\n",
+		"note: home calls itself \"home2\" (the ClientId in its client.json)\n",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("server status lacks %q:\n%s", want, got)

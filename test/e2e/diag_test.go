@@ -1,13 +1,17 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/thresholdtunnel/threshold/wg"
+	"golang.zx2c4.com/wireguard/tun/tuntest"
 )
 
 // logLine returns the first line of logs that holds every part, and
@@ -145,5 +149,107 @@ func TestClientExplainsItself(t *testing.T) {
 		waitUntil(t, 15*time.Second, "the client to say it connected again", func() bool {
 			return logCount(c.logs.String(), "connected to server") == 2
 		})
+	})
+}
+
+// TestServerExplainsHandshakes: the server names, within seconds of the
+// client's first try, a handshake from a key it does not know (with the
+// key and its address) and one made for another server key.
+func TestServerExplainsHandshakes(t *testing.T) {
+	t.Parallel()
+	svc := map[string]string{"web": "127.0.0.1:1"}
+
+	t.Run("unregistered key", func(t *testing.T) {
+		t.Parallel()
+		ck := newKey(t)
+		srv := startServer(t, nil)
+		c := startClient(t, srv, "home", ck, svc)
+		start := logTime(t, waitLog(t, c.proc, 5*time.Second, "threshold client started"))
+		line := waitLog(t, srv.proc, 10*time.Second, "WireGuard handshake refused: the public key is not registered",
+			fmt.Sprintf("client_public_key=%q", ck.PublicKey().String()), "from=127.0.0.1:")
+		t.Logf("the server named the key %s after the client started", logTime(t, line).Sub(start).Round(time.Millisecond))
+		if !strings.Contains(line, "level=INFO") || !strings.Contains(line, "PUT /clients/") {
+			t.Errorf("line is not at INFO or does not say how to register: %s", line)
+		}
+		// Bounded: the client retries every 5 s; one line a minute per source.
+		waitLog(t, c.proc, 20*time.Second, noHandshake)
+		if n := logCount(srv.logs.String(), "the public key is not registered"); n != 1 {
+			t.Errorf("%d lines in 10 s of retries, want 1", n)
+		}
+	})
+
+	t.Run("wrong ServerPublicKey", func(t *testing.T) {
+		t.Parallel()
+		ck := newKey(t)
+		srv := startServer(t, map[string]wg.Key{"home": ck})
+		c := startClientWith(t, srv, "home", ck, svc, map[string]any{"ServerPublicKey": newKey(t).PublicKey().String()})
+		start := logTime(t, waitLog(t, c.proc, 5*time.Second, "threshold client started"))
+		line := waitLog(t, srv.proc, 10*time.Second, "WireGuard handshake refused: it was made for another server's public key",
+			fmt.Sprintf("public_key=%q", srv.key.PublicKey().String()), "from=127.0.0.1:")
+		t.Logf("the server said so %s after the client started", logTime(t, line).Sub(start).Round(time.Millisecond))
+	})
+}
+
+// TestServerExplainsClients: a client whose ClientId differs from its
+// registration is named with both names (once) and GET /clients shows
+// the name it gives itself; a registered key that completes handshakes
+// but sends no heartbeats (a plain WireGuard peer here) is named about
+// 10 s after its handshake.
+func TestServerExplainsClients(t *testing.T) {
+	t.Parallel()
+
+	t.Run("ClientId mismatch", func(t *testing.T) {
+		t.Parallel()
+		ck := newKey(t)
+		srv := startServer(t, map[string]wg.Key{"TestClient1": ck})
+		c := startClient(t, srv, "TestClient2", ck, map[string]string{"web": "127.0.0.1:1"})
+		start := logTime(t, waitLog(t, c.proc, 5*time.Second, "threshold client started"))
+		line := waitLog(t, srv.proc, 10*time.Second, "level=WARN", "client calls itself by another name than it is registered under",
+			"client=TestClient1", "client_says=TestClient2")
+		t.Logf("the server named both %s after the client started", logTime(t, line).Sub(start).Round(time.Millisecond))
+		code, body, err := srv.call("GET", "/clients", nil)
+		if err != nil || code != http.StatusOK {
+			t.Fatalf("GET /clients: %d %v", code, err)
+		}
+		var cs map[string]struct{ ReportedClientId string }
+		if err := json.Unmarshal(body, &cs); err != nil || cs["TestClient1"].ReportedClientId != "TestClient2" {
+			t.Errorf("GET /clients: %s (%v), want ReportedClientId TestClient2", body, err)
+		}
+	})
+
+	t.Run("handshakes without heartbeats", func(t *testing.T) {
+		t.Parallel()
+		pk := newKey(t)
+		srv := startServer(t, map[string]wg.Key{"quiet": pk})
+		peer, err := wg.New(wg.Config{PrivateKey: pk, TUN: tuntest.NewChannelTUN().TUN(), Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { peer.Close() })
+		if err := peer.SetPeer(wg.Peer{PublicKey: srv.key.PublicKey(), AllowedIPs: []netip.Prefix{wg.TunnelPrefix},
+			Endpoint: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(srv.tunnelPort)), PersistentKeepalive: 5 * time.Second}); err != nil {
+			t.Fatal(err)
+		}
+		if err := peer.Rehandshake(srv.key.PublicKey()); err != nil {
+			t.Fatal(err)
+		}
+		var handshake time.Time
+		waitUntil(t, 10*time.Second, "the handshake", func() bool {
+			if hs := srv.clients(t)["quiet"].LastHandshake; hs != nil {
+				handshake = *hs
+				return true
+			}
+			return false
+		})
+		line := waitLog(t, srv.proc, 20*time.Second, "level=WARN", "client completes WireGuard handshakes but sends no heartbeats", "client=quiet",
+			fmt.Sprintf("public_key=%q", pk.PublicKey().String()))
+		d := logTime(t, line).Sub(handshake)
+		t.Logf("the server said so %s after the handshake", d.Round(time.Millisecond))
+		if d < 9*time.Second || d > 14*time.Second {
+			t.Errorf("said %s after the handshake, want about 10 s", d)
+		}
+		if st := srv.clients(t)["quiet"]; st.CurrentState != "ClientUnknown" {
+			t.Errorf("state %s", st.CurrentState)
+		}
 	})
 }

@@ -362,6 +362,7 @@ func configOf(ts []tunnel) []tunnel {
 	out := make([]tunnel, len(ts))
 	for i, t := range ts {
 		t.ActiveSessions = nil
+		t.LastRefusalReason, t.LastRefusal, t.LastRefusalAt = "", "", nil
 		out[i] = t
 	}
 	return out
@@ -417,10 +418,13 @@ type tunnel struct {
 	UdpSessionIdleSeconds       int `json:",omitempty"`
 	UdpMaxSessions              int `json:",omitempty"`
 	BackEndService              string
-	ClientId                    string   `json:",omitempty"`
-	ClientIds                   []string `json:",omitempty"`
-	ActiveClientId              string   `json:",omitempty"`
-	ActiveSessions              *int     `json:",omitempty"`
+	ClientId                    string     `json:",omitempty"`
+	ClientIds                   []string   `json:",omitempty"`
+	ActiveClientId              string     `json:",omitempty"`
+	ActiveSessions              *int       `json:",omitempty"`
+	LastRefusalReason           string     `json:",omitempty"`
+	LastRefusal                 string     `json:",omitempty"`
+	LastRefusalAt               *time.Time `json:",omitempty"`
 }
 
 // --- backends and senders ---

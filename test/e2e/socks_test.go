@@ -68,8 +68,8 @@ func TestSocks5Loopback(t *testing.T) {
 	})
 	be := startBackend(t, "backend", false)
 	socksA, socksB := tcpAddr(freePort(t, "tcp")), tcpAddr(freePort(t, "tcp"))
-	startClientWith(t, srv, "mail", ka, map[string]string{"web": be.addr}, map[string]any{"Socks5ListenAddress": socksA})
-	startClientWith(t, srv, "nosocks", kb, map[string]string{"web": be.addr}, map[string]any{"Socks5ListenAddress": socksB})
+	ca := startClientWith(t, srv, "mail", ka, map[string]string{"web": be.addr}, map[string]any{"Socks5ListenAddress": socksA})
+	cb := startClientWith(t, srv, "nosocks", kb, map[string]string{"web": be.addr}, map[string]any{"Socks5ListenAddress": socksB})
 	srv.waitState(t, "mail", "ClientConnected", 30*time.Second)
 	srv.waitState(t, "nosocks", "ClientConnected", 30*time.Second)
 	dest := sourceEcho(t)
@@ -96,21 +96,29 @@ func TestSocks5Loopback(t *testing.T) {
 		return st.Socks5BytesSent == uint64(len(msg)) && st.Socks5BytesReceived == uint64(len(got))
 	})
 
-	for _, target := range []string{
-		"127.0.0.2:80",        // loopback beyond the allowed /32
-		"169.254.169.254:80",  // cloud metadata
-		"10.1.2.3:25",         // RFC 1918
-		"[::1]:80",            // IPv6 loopback
-		tcpAddr(srv.mgmtPort), // the server's own management API
-		fmt.Sprintf("localhost:%d", srv.mgmtPort), // the same, by name
+	// Each refusal is logged on the client at INFO with its reason in
+	// plain words (the server sends it in its failure reply).
+	for _, tc := range []struct{ target, reason, words string }{
+		{"127.0.0.2:80", "loopback", "the destination is a loopback address"}, // beyond the allowed /32
+		{"169.254.169.254:80", "metadata", "the destination is the cloud metadata service"},
+		{"10.1.2.3:25", "private", "the destination is a private address"},
+		{"[::1]:80", "loopback", "the destination is a loopback address"},
+		{tcpAddr(srv.mgmtPort), "management_port", "the destination is the server's own management port"},
+		{fmt.Sprintf("localhost:%d", srv.mgmtPort), "", ""}, // the same, by name
 	} {
-		if _, err := socksclient.Dial(socksA, target, 10*time.Second); socksCode(err) != 0x02 {
-			t.Errorf("SOCKS5 to %s: %v, want reply 0x02", target, err)
+		asked := time.Now()
+		if _, err := socksclient.Dial(socksA, tc.target, 10*time.Second); socksCode(err) != 0x02 {
+			t.Errorf("SOCKS5 to %s: %v, want reply 0x02", tc.target, err)
+		}
+		if tc.reason != "" {
+			waitLog(t, ca.proc, 5*time.Second, "level=INFO", "SOCKS5 connection refused by the server: "+tc.words, "reason="+tc.reason, "destination="+tc.target)
+			t.Logf("%s: logged %s after the request", tc.target, time.Since(asked).Round(time.Millisecond))
 		}
 	}
 	if _, err := socksclient.Dial(socksB, dest, 10*time.Second); socksCode(err) != 0x02 {
 		t.Errorf("client with Socks5Enabled=false: %v, want reply 0x02", err)
 	}
+	waitLog(t, cb.proc, 5*time.Second, "SOCKS5 egress is disabled for this client", "reason=socks5_disabled")
 	if st := srv.clients(t)["nosocks"]; st.Socks5Enabled {
 		t.Error("GET /clients shows SOCKS5 enabled for nosocks")
 	}
