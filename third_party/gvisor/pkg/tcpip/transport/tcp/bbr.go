@@ -76,18 +76,22 @@ func newBBR(s *sender) *bbrState {
 	return b
 }
 
-// inflight is the packets the sender counts in flight: outside recovery
-// its Outstanding still holds what SACKs delivered, in recovery it is the
-// RFC 6675 pipe.
+// inflight is the packets the sender has in flight: in recovery the RFC
+// 6675 pipe the sender keeps in Outstanding; otherwise what is sent and
+// neither acknowledged nor SACKed, from the sequence space (outside
+// recovery Outstanding and SackedOut do not add up after SACKs).
 //
 // +checklocks:b.s.ep.mu
 func (b *bbrState) inflight() int {
 	s := b.s
-	n := s.Outstanding
-	if !s.FastRecovery.Active {
-		n -= s.SackedOut
+	if s.FastRecovery.Active {
+		return max(s.Outstanding, 0)
 	}
-	return max(n, 0)
+	bytes := int(s.SndUna.Size(s.SndNxt))
+	if s.ep.SACKPermitted {
+		bytes -= int(s.ep.scoreboard.Sacked())
+	}
+	return max((bytes+s.MaxPayloadSize-1)/s.MaxPayloadSize, 0)
 }
 
 // onSend stamps seg for the rate sampler and charges it to the pacer.
@@ -118,6 +122,7 @@ func (b *bbrState) onAck(ackTime tcpip.MonotonicTime) {
 		b.debt += b.mark - mark
 	}
 	b.mark = mark
+	acked := newly
 	pay := min(newly, b.debt)
 	newly -= pay
 	b.debt -= pay
@@ -126,7 +131,12 @@ func (b *bbrState) onAck(ackTime tcpip.MonotonicTime) {
 		b.m.onExitRecovery()
 	}
 	rs := b.rs.finish(newly, ackTime, b.m.minRTT)
-	b.m.onAck(bbrAck{now: ackTime, rs: rs, inflight: b.inflight()})
+	if pay > 0 {
+		// Re-acknowledged bytes after an RTO: no sample (its rate and
+		// its round trip would be wrong), the model holds.
+		rs.sampled, rs.valid = false, false
+	}
+	b.m.onAck(bbrAck{now: ackTime, rs: rs, inflight: b.inflight(), acked: acked})
 	b.apply()
 }
 
@@ -155,7 +165,10 @@ func (b *bbrState) onEnterRecovery() {
 // +checklocks:b.s.ep.mu
 func (b *bbrState) afterSend() {
 	s := b.s
-	if s.writeNext == nil && s.Outstanding < s.SndCwnd && !b.p.waiting() {
+	// As Linux: not while holes wait for repair (a send buffer full of
+	// data behind a loss is not the application's limit).
+	if s.writeNext == nil && !b.p.waiting() && !s.FastRecovery.Active &&
+		(!s.ep.SACKPermitted || s.ep.scoreboard.Sacked() == 0) && b.inflight() < s.SndCwnd {
 		b.rs.markAppLimited(uint64(s.SndUna.Size(s.SndNxt)))
 	}
 }

@@ -251,6 +251,12 @@ type bbrAck struct {
 	rs  rateSample
 	// inflight is the packets in flight after the ACK.
 	inflight int
+	// acked is the bytes the ACK acknowledged, cumulatively or by SACK,
+	// for the window's growth. It is rs.newlyDelivered, except after a
+	// retransmission timeout cleared the SACK scoreboard: then bytes
+	// delivered before are acknowledged again; they grow the window back
+	// but are not delivered twice in the rate samples.
+	acked uint64
 }
 
 // onAck runs the model for one ACK: bandwidth and min-RTT filters, the
@@ -258,7 +264,7 @@ type bbrAck struct {
 func (m *bbrModel) onAck(a bbrAck) {
 	rs := a.rs
 	m.delivered += rs.newlyDelivered
-	newlyPkts := int((rs.newlyDelivered + uint64(m.mss) - 1) / uint64(m.mss))
+	newlyPkts := int((max(a.acked, rs.newlyDelivered) + uint64(m.mss) - 1) / uint64(m.mss))
 	priorInflight := a.inflight + newlyPkts
 
 	// Round trips: a round ends when a segment sent after the previous

@@ -147,7 +147,7 @@ func (n *simNet) processAcks() {
 			n.m.onEnterRecovery(n.flight)
 		}
 		rs := n.r.finish(simMSS, n.now, n.m.minRTT)
-		n.m.onAck(bbrAck{now: n.now, rs: rs, inflight: n.flight})
+		n.m.onAck(bbrAck{now: n.now, rs: rs, inflight: n.flight, acked: simMSS})
 		if n.onAck != nil {
 			n.onAck(n)
 		}
@@ -451,8 +451,9 @@ func TestPacerKeepsRateDespiteOversleep(t *testing.T) {
 	if got < 0.97*rate || got > 1.03*rate {
 		t.Errorf("paced %.1f Mbit/s, want %.1f", got*8/1e6, rate*8/1e6)
 	}
-	if maxBurst > (pacerCredit+1)*quantum {
-		t.Errorf("burst of %d bytes, credit allows %d", maxBurst, (pacerCredit+1)*quantum)
+	allowed := int(pacerCreditTime(rate, quantum).Seconds()*rate) + quantum
+	if maxBurst > allowed {
+		t.Errorf("burst of %d bytes, credit allows %d", maxBurst, allowed)
 	}
 	// After idle, no burst beyond the credit either.
 	now = now.Add(time.Second)
@@ -461,7 +462,39 @@ func TestPacerKeepsRateDespiteOversleep(t *testing.T) {
 		p.sent(now, quantum, rate, quantum)
 		burst += quantum
 	}
-	if burst > (pacerCredit+1)*quantum {
-		t.Errorf("after idle, a burst of %d bytes", burst)
+	if burst > allowed {
+		t.Errorf("after idle, a burst of %d bytes, credit allows %d", burst, allowed)
+	}
+}
+
+// TestBBRRTOKeepsModel: a retransmission timeout restarts the window at
+// bbrMinPipeCwnd, not at 1 packet forever: the model (bandwidth, min RTT)
+// is kept, ACKs that only re-acknowledge data (after the SACK scoreboard was
+// cleared: no rate sample) grow the window without ageing the bandwidth
+// filter, and the end of the timeout's recovery restores the old window.
+func TestBBRRTOKeepsModel(t *testing.T) {
+	n := newSimNet(t, 100, 30*time.Millisecond, 0)
+	n.run(3 * time.Second)
+	bw, rounds, before := n.m.bw.get(), n.m.roundCount, n.m.cwnd
+	n.m.onRTO()
+	if n.m.cwnd != bbrMinPipeCwnd {
+		t.Fatalf("cwnd after RTO %d, want %d", n.m.cwnd, bbrMinPipeCwnd)
+	}
+	// 200 ACKs re-acknowledging 10 packets each, no samples.
+	for range 200 {
+		n.m.onAck(bbrAck{now: n.now, inflight: 0, acked: 10 * simMSS})
+	}
+	if n.m.roundCount != rounds || n.m.bw.get() != bw {
+		t.Errorf("unsampled ACKs moved the model: rounds %d -> %d, bw %.1f -> %.1f Mbit/s", rounds, n.m.roundCount, bw*8/1e6, n.m.bw.get()*8/1e6)
+	}
+	if n.m.cwnd < before/2 {
+		t.Errorf("cwnd %d after re-acknowledged data, was %d before the RTO: it did not grow back", n.m.cwnd, before)
+	}
+	n.m.onExitRecovery()
+	if n.m.cwnd < before {
+		t.Errorf("cwnd %d after the RTO's recovery, %d before it", n.m.cwnd, before)
+	}
+	if got := n.goodput(2 * time.Second); got < 0.9*n.payloadRate() {
+		t.Errorf("goodput after the RTO %.1f Mbit/s of %.1f", got*8/1e6, n.payloadRate()*8/1e6)
 	}
 }

@@ -23,10 +23,10 @@ package tcp
 // goroutine) and stops; the timer resumes sendData. The timer is armed only
 // while data waits for the schedule, never for an idle connection.
 //
-// Timers oversleep (by tens of microseconds to a millisecond or more on a
-// busy machine); the schedule keeps up to a little credit (pacerCredit
-// quanta of lateness), so that oversleep does not lower the rate, while an
-// idle period does not let a burst out. GSO segments are cut to the
+// Timers oversleep (by tens of microseconds to milliseconds on a busy
+// machine); the schedule keeps a little credit (pacerCreditTime: 5 ms, or
+// two quanta if more), so that oversleep does not lower the rate, while an
+// idle period does not let a larger burst out. GSO segments are cut to the
 // model's quantum (about 1 ms at the pacing rate, at most 64 KiB) by
 // limiting the segment size sendData builds.
 
@@ -37,8 +37,18 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
-// pacerCredit is how many quanta of lateness the schedule forgives.
-const pacerCredit = 2
+// pacerCredit is how many quanta of lateness the schedule forgives, and
+// pacerCreditMin the least time: on a busy machine (WAN measurements here
+// ran beside real-time emulator threads) timers fire milliseconds late.
+const (
+	pacerCredit    = 2
+	pacerCreditMin = 5 * time.Millisecond
+)
+
+// pacerCreditTime is the lateness forgiven at rate with bursts of quantum.
+func pacerCreditTime(rate float64, quantum int) time.Duration {
+	return max(time.Duration(float64(pacerCredit*quantum)/rate*float64(time.Second)), pacerCreditMin)
+}
 
 // pacer is the schedule plus its timer.
 type pacer struct {
@@ -56,8 +66,7 @@ func (p *pacer) sent(now tcpip.MonotonicTime, bytes int, rate float64, quantum i
 	if rate <= 0 || bytes <= 0 {
 		return
 	}
-	credit := time.Duration(float64(pacerCredit*quantum) / rate * float64(time.Second))
-	if floor := now.Add(-credit); p.next.Before(floor) {
+	if floor := now.Add(-pacerCreditTime(rate, quantum)); p.next.Before(floor) {
 		p.next = floor
 	}
 	p.next = p.next.Add(time.Duration(float64(bytes) / rate * float64(time.Second)))
