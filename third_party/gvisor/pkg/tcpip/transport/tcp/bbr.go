@@ -105,6 +105,9 @@ func (b *bbrState) onSend(seg *segment) {
 		b.m.onIdleRestart()
 	}
 	b.rs.onSend(&seg.rate, now, idle)
+	if seg.xmitCount > 1 {
+		b.m.onLost(seg.payloadSize())
+	}
 	b.p.sent(now, seg.payloadSize(), b.m.pacingRate, b.m.quantum())
 }
 

@@ -80,6 +80,15 @@ const (
 	bbrQuantumTime = time.Millisecond
 	// bbrQuantumMax is the largest burst: a GSO segment's payload.
 	bbrQuantumMax = 64 << 10
+	// bbrLossThresh: a round that lost more than this share of what it
+	// sent is congestion, not random loss (BBR v2's loss_thresh). The
+	// model then bounds its bandwidth (bwLo) for the rest of the probe-bw
+	// cycle, and startup ends. Random loss below it leaves the model be.
+	bbrLossThresh = 0.02
+	// bbrLossMinPackets: fewer losses in a round are never congestion.
+	bbrLossMinPackets = 3
+	// bbrBeta is how far one congested round lowers bwLo at most.
+	bbrBeta = 0.7
 )
 
 // bbrPacingGains is probe-bw's cycle: probe 25% above the estimate for a
@@ -174,6 +183,47 @@ type bbrModel struct {
 	packetConservation bool
 
 	idleRestart bool
+
+	// Loss per round (bytes retransmitted against delivered), and the
+	// bandwidth bound congestion sets (0: none). roundMaxBW is the best
+	// sample of the current round, lastRoundBW of the one before.
+	roundLost      uint64
+	roundDelivered uint64
+	roundMaxBW     float64
+	lastRoundBW    float64
+	bwLo           float64
+}
+
+// bandwidth is the estimate the model paces and sizes the window by: the
+// max filter, bounded by bwLo after a congested round.
+func (m *bbrModel) bandwidth() float64 {
+	bw := m.bw.get()
+	if m.bwLo > 0 && m.bwLo < bw {
+		return m.bwLo
+	}
+	return bw
+}
+
+// onLost counts bytes the sender retransmits (lost, as it judged).
+func (m *bbrModel) onLost(bytes int) {
+	m.roundLost += uint64(bytes)
+}
+
+// endRound judges the round that just ended: was it congested?
+func (m *bbrModel) endRound() {
+	lost, sent := m.roundLost, m.roundLost+m.roundDelivered
+	if lost >= uint64(bbrLossMinPackets*m.mss) && float64(lost) > bbrLossThresh*float64(sent) {
+		// Startup overshot (v2: exit on loss); in probe-bw the flows
+		// share less than their max filters say.
+		m.filledPipe = true
+		base := m.bwLo
+		if base == 0 {
+			base = m.bw.get()
+		}
+		m.bwLo = max(m.roundMaxBW, bbrBeta*base)
+	}
+	m.roundLost, m.roundDelivered = 0, 0
+	m.lastRoundBW, m.roundMaxBW = m.roundMaxBW, 0
 }
 
 // init sets up the model for a connection; srtt is the handshake's RTT if
@@ -209,6 +259,10 @@ func (m *bbrModel) advanceCycle(now tcpip.MonotonicTime) {
 	m.cycleStamp = now
 	m.cycleIndex = (m.cycleIndex + 1) % len(bbrPacingGains)
 	m.pacingGain = bbrPacingGains[m.cycleIndex]
+	if m.pacingGain > 1 {
+		// Each probe for more bandwidth starts without the bound.
+		m.bwLo = 0
+	}
 }
 
 // bdp is the estimated bandwidth-delay product times gain, in bytes; 0 when
@@ -217,7 +271,7 @@ func (m *bbrModel) bdp(gain float64) float64 {
 	if m.minRTT == 0 || m.bw.get() == 0 {
 		return 0
 	}
-	return gain * m.bw.get() * m.minRTT.Seconds()
+	return gain * m.bandwidth() * m.minRTT.Seconds()
 }
 
 // quantum is the burst the pacer allows (and the largest segment the
@@ -275,6 +329,11 @@ func (m *bbrModel) onAck(a bbrAck) {
 		m.roundCount++
 		m.roundStart = true
 		m.packetConservation = false
+		m.endRound()
+	}
+	m.roundDelivered += rs.newlyDelivered
+	if rs.valid {
+		m.roundMaxBW = max(m.roundMaxBW, rs.deliveryRate)
 	}
 	if rs.valid && (!rs.appLimited || rs.deliveryRate >= m.bw.get()) {
 		m.bw.update(bbrBWFilterRounds, m.roundCount, rs.deliveryRate)
@@ -362,7 +421,7 @@ func (m *bbrModel) handleProbeRTT(now tcpip.MonotonicTime, inflight int) {
 }
 
 func (m *bbrModel) setPacingRate(gain float64) {
-	bw := m.bw.get()
+	bw := m.bandwidth()
 	if bw == 0 {
 		return
 	}

@@ -130,6 +130,7 @@ func (n *simNet) processAcks() {
 				break
 			}
 			q.lost = true
+			n.m.onLost(simMSS)
 			n.flight--
 			n.retx = append(n.retx, i)
 			newlyLost = true
@@ -349,7 +350,7 @@ func TestBBRPacingFollowsModel(t *testing.T) {
 	n.run(3 * time.Second)
 	bad := 0
 	n.onAck = func(n *simNet) {
-		want := n.m.pacingGain * n.m.bw.get() * (1 - bbrPacingMargin)
+		want := n.m.pacingGain * n.m.bandwidth() * (1 - bbrPacingMargin)
 		if math.Abs(n.m.pacingRate-want) > 1e-6*want {
 			bad++
 		}
