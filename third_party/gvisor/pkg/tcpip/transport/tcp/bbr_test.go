@@ -499,3 +499,34 @@ func TestBBRRTOKeepsModel(t *testing.T) {
 		t.Errorf("goodput after the RTO %.1f Mbit/s of %.1f", got*8/1e6, n.payloadRate()*8/1e6)
 	}
 }
+
+// TestBBRCongestedRoundBoundsBandwidth: a round losing far more than random
+// loss would (here 15%) is congestion: it ends startup, and in probe-bw it
+// bounds the bandwidth (bwLo) below the max filter; once the loss is gone
+// the next probe drops the bound and the link is used fully again.
+func TestBBRCongestedRoundBoundsBandwidth(t *testing.T) {
+	n := newSimNet(t, 100, 30*time.Millisecond, 0.15)
+	n.run(time.Second)
+	if !n.m.filledPipe || n.m.mode == bbrStartup {
+		t.Errorf("startup still on after 1 s at 15%% loss (mode %s)", n.m.mode)
+	}
+	n.loss = 0
+	n.run(3 * time.Second)
+	var bounded bool
+	n.onAck = func(n *simNet) {
+		if n.m.bwLo > 0 && n.m.bwLo < n.m.bw.get() {
+			bounded = true
+		}
+	}
+	n.loss = 0.15
+	n.run(time.Second)
+	if !bounded {
+		t.Errorf("15%% loss in probe-bw never bounded the bandwidth (bw %.1f Mbit/s)", n.m.bw.get()*8/1e6)
+	}
+	n.onAck = nil
+	n.loss = 0
+	n.run(2 * time.Second)
+	if got := n.goodput(2 * time.Second); got < 0.9*n.payloadRate() {
+		t.Errorf("after the congestion ended: %.1f Mbit/s of %.1f (bwLo %.1f)", got*8/1e6, n.payloadRate()*8/1e6, n.m.bwLo*8/1e6)
+	}
+}
