@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -134,7 +135,7 @@ func (j *join) pipe(dst, src net.Conn, count func(int64)) (int64, error) {
 	var readDeadline, writeDeadline time.Time
 	fail := func(err error) (int64, error) {
 		// Unblock the other direction: this connection is done for.
-		j.failOnce.Do(func() { src.Close(); dst.Close() })
+		j.failOnce.Do(func() { passReset(err, dst); src.Close(); dst.Close() })
 		return total, err
 	}
 	var lastLimit time.Duration
@@ -207,6 +208,35 @@ func (j *join) pipe(dst, src net.Conn, count func(int64)) (int64, error) {
 			return fail(ErrIdle)
 		default:
 			return fail(err)
+		}
+	}
+}
+
+// lingerer is a connection that can end with a reset instead of a FIN:
+// *net.TCPConn, and netstack's TCPConn.
+type lingerer interface {
+	SetLinger(sec int) error
+}
+
+// passReset makes dst end with a reset when err says src was reset: a
+// Close would first send all dst still buffers (megabytes, for a tunneled
+// connection) and then a clean end of stream, so a peer that aborted
+// would look as if it had finished, and the tunnel would carry the rest.
+func passReset(err error, dst net.Conn) {
+	if !errors.Is(err, syscall.ECONNRESET) {
+		return
+	}
+	for range 8 {
+		switch v := dst.(type) {
+		case lingerer:
+			_ = v.SetLinger(0)
+			return
+		case interface{ Raw() net.Conn }:
+			dst = v.Raw()
+		case interface{ NetConn() net.Conn }:
+			dst = v.NetConn()
+		default:
+			return
 		}
 	}
 }
@@ -357,7 +387,7 @@ func (d *direction) end(err error) {
 }
 
 func (d *direction) fail(err error) {
-	d.j.closeBoth()
+	d.j.failOnce.Do(func() { passReset(err, d.dst); d.j.a.Close(); d.j.b.Close() })
 	d.end(err)
 }
 

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -771,4 +772,63 @@ func TestJoinHalfClosedBoundsBlockedWrite(t *testing.T) {
 	if j.Err == nil {
 		t.Error("Join ended without reporting the stalled write")
 	}
+}
+
+// ftTCPWrapped hides *net.TCPConn from Join's reactive path (so the
+// goroutine-per-direction copier runs) but keeps SetLinger.
+type ftTCPWrapped struct{ *net.TCPConn }
+
+// TestJoinPassesResetOn: when one side is reset, Join resets the other
+// (linger 0) instead of closing it with a FIN after what it still buffers:
+// the backend sees the abort, and a tunnel stops carrying the rest at once.
+func TestJoinPassesResetOn(t *testing.T) {
+	for _, wrapped := range []bool{false, true} {
+		t.Run(fmt.Sprintf("wrapped=%v", wrapped), func(t *testing.T) {
+			ftCheckGoroutines(t)
+			user, a := ftTCPPair(t)
+			b, backend := ftTCPPair(t)
+			var ca, cb net.Conn = a, b
+			if wrapped {
+				ca, cb = ftTCPWrapped{a}, ftTCPWrapped{b}
+			}
+			done := make(chan Joined, 1)
+			go func() { done <- Join(ca, cb, Timeouts{}) }()
+			// Some traffic first, so that both directions run.
+			if _, err := user.Write([]byte("hello")); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 5)
+			backend.SetReadDeadline(time.Now().Add(ftPrompt))
+			if _, err := io.ReadFull(backend, buf); err != nil {
+				t.Fatal(err)
+			}
+			user.SetLinger(0)
+			user.Close()
+			ftWithin(t, ftPrompt, "Join", func() { <-done })
+			backend.SetReadDeadline(time.Now().Add(ftPrompt))
+			_, err := backend.Read(buf)
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("backend read after the user's reset: %v, want a reset", err)
+			}
+		})
+	}
+}
+
+// TestJoinCleanEndStaysClean: an orderly close is passed on as a FIN, not
+// a reset.
+func TestJoinCleanEndStaysClean(t *testing.T) {
+	ftCheckGoroutines(t)
+	user, a := ftTCPPair(t)
+	b, backend := ftTCPPair(t)
+	done := make(chan Joined, 1)
+	go func() { done <- Join(a, b, Timeouts{}) }()
+	user.Write([]byte("bye"))
+	user.CloseWrite()
+	backend.SetReadDeadline(time.Now().Add(ftPrompt))
+	got, err := io.ReadAll(backend)
+	if err != nil || string(got) != "bye" {
+		t.Errorf("backend read %q, %v; want \"bye\" and a clean end", got, err)
+	}
+	backend.Close()
+	ftWithin(t, ftPrompt, "Join", func() { <-done })
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -26,6 +27,15 @@ type TCPConn struct {
 
 func newTCPConn(wq *waiter.Queue, ep tcpip.Endpoint) *TCPConn {
 	return &TCPConn{TCPConn: gonet.NewTCPConn(wq, ep), wq: wq, ep: ep}
+}
+
+// SetLinger is net.TCPConn's: with 0, Close resets the connection at once,
+// dropping what it still buffers to send, instead of sending that and a
+// FIN (forward.Join uses it to pass a reset on); negative restores the
+// default.
+func (c *TCPConn) SetLinger(sec int) error {
+	c.ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: sec >= 0, Timeout: time.Duration(sec) * time.Second})
+	return nil
 }
 
 // readableEvents wake a reader: data, the peer's FIN, or an error.

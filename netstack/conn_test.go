@@ -3,8 +3,10 @@ package netstack
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
@@ -153,4 +155,44 @@ func TestLinkBackPressure(t *testing.T) {
 		t.Fatal("Close kept packets")
 	}
 	l.Close()
+}
+
+// TestSetLingerZeroResets: SetLinger(0) makes Close abort the connection
+// (the peer's read fails at once) instead of ending it cleanly.
+func TestSetLingerZeroResets(t *testing.T) {
+	a, b, _ := pair(t)
+	ln, err := b.ListenTCP(netip.MustParseAddrPort("[::]:81"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := a.DialTCP(ctx, netip.MustParseAddrPort("[fd00::2]:81"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	defer peer.Close()
+	if err := c.SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = peer.Read(make([]byte, 1))
+	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("peer read after SetLinger(0) and Close: %v, want a reset", err)
+	}
 }

@@ -52,7 +52,9 @@ type Options struct {
 	// connections stay cheap. 4 MiB each by default.
 	TCPSendBufferMax    int
 	TCPReceiveBufferMax int
-	// CongestionControl is "reno" or "cubic"; "reno" by default.
+	// CongestionControl is "bbr" (the default: paced, and it keeps its
+	// rate under random loss; ours, in third_party/gvisor), "reno" or
+	// "cubic" (gVisor's).
 	CongestionControl string
 	// DisableOffload turns off segmentation and receive offloads and
 	// checksum skipping (see offload.go); for measurements.
@@ -82,7 +84,7 @@ func (o *Options) fillDefaults() {
 		o.TCPReceiveBufferMax = defaultTCPBufMax
 	}
 	if o.CongestionControl == "" {
-		o.CongestionControl = "reno"
+		o.CongestionControl = "bbr"
 	}
 }
 
@@ -105,8 +107,10 @@ func (o *Options) validate() error {
 	if o.TCPSendBufferMax < tcpBufDefault || o.TCPReceiveBufferMax < tcpBufDefault {
 		errs = append(errs, fmt.Errorf("netstack: TCP buffer maxima must be at least %d bytes", tcpBufDefault))
 	}
-	if o.CongestionControl != "reno" && o.CongestionControl != "cubic" {
-		errs = append(errs, fmt.Errorf("netstack: unknown congestion control %q (want reno or cubic)", o.CongestionControl))
+	switch o.CongestionControl {
+	case "bbr", "reno", "cubic":
+	default:
+		errs = append(errs, fmt.Errorf("netstack: unknown congestion control %q (want bbr, reno or cubic)", o.CongestionControl))
 	}
 	return errors.Join(errs...)
 }

@@ -224,7 +224,7 @@ func TestCloseIsIdempotentAndUnblocksRead(t *testing.T) {
 }
 
 func TestOptionsValidated(t *testing.T) {
-	_, err := New(Options{MTU: 100, CongestionControl: "bbr", TCPSendBufferMax: 10})
+	_, err := New(Options{MTU: 100, CongestionControl: "vegas", TCPSendBufferMax: 10})
 	if err == nil {
 		t.Fatal("bad options accepted")
 	}

@@ -190,6 +190,9 @@ type sender struct {
 	// corkTimer is used to drain the segments which are held when TCP_CORK
 	// option is enabled.
 	corkTimer timer `state:"nosave"`
+
+	// bbr is set when the BBR congestion control is in use (bbr.go).
+	bbr *bbrState `state:"nosave"`
 }
 
 // protectedWriteList wraps the write list, checking for invalid state when
@@ -341,6 +344,8 @@ func (s *sender) initCongestionControl(congestionControlName tcpip.CongestionCon
 	s.Ssthresh = InitialSsthresh
 
 	switch congestionControlName {
+	case ccBBR:
+		return newBBR(s)
 	case ccCubic:
 		return newCubicCC(s)
 	case ccReno:
@@ -1102,7 +1107,7 @@ func (s *sender) sendData() {
 	// "A TCP SHOULD set cwnd to no more than RW before beginning
 	// transmission if the TCP has not sent data in the interval exceeding
 	// the retrasmission timeout."
-	if !s.FastRecovery.Active && s.state != tcpip.RTORecovery && s.ep.stack.Clock().NowMonotonic().Sub(s.LastSendTime) > s.RTO {
+	if s.bbr == nil && !s.FastRecovery.Active && s.state != tcpip.RTORecovery && s.ep.stack.Clock().NowMonotonic().Sub(s.LastSendTime) > s.RTO {
 		if s.SndCwnd > InitialCwnd {
 			s.SndCwnd = InitialCwnd
 		}
@@ -1121,6 +1126,9 @@ func (s *sender) sendData() {
 			s.updateWriteNext(seg.Next())
 			continue
 		}
+		if !s.paceAllows(&limit) {
+			break
+		}
 		if sent := s.maybeSendSegment(seg, limit, end); !sent {
 			break
 		}
@@ -1128,6 +1136,7 @@ func (s *sender) sendData() {
 		s.Outstanding += s.pCount(seg, s.MaxPayloadSize)
 		s.updateWriteNext(seg.Next())
 	}
+	s.bbrAfterSend()
 
 	s.postXmit(dataSent, true /* shouldScheduleProbe */)
 }
@@ -1155,6 +1164,7 @@ func (s *sender) enterRecovery() {
 	s.FastRecovery.MaxCwnd = s.SndCwnd + s.Outstanding
 	s.FastRecovery.HighRxt = s.SndUna
 	s.FastRecovery.RescueRxt = s.SndUna
+	s.bbrEnterRecovery()
 
 	// Record retransmitTS if the sender is not in recovery as per:
 	// https://datatracker.ietf.org/doc/html/rfc3522#section-3.2 Step 2
@@ -1390,6 +1400,7 @@ func (s *sender) walkSACK(rcvdSeg *segment) bool {
 				s.rc.update(seg, rcvdSeg)
 				s.rc.detectReorder(seg)
 				seg.acked = true
+				s.rateDelivered(seg, rcvdSeg.rcvdTime)
 				s.SackedOut += s.pCount(seg, s.MaxPayloadSize)
 			}
 			seg = seg.Next()
@@ -1686,6 +1697,9 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 			}
 
 			datalen := seg.logicalLen()
+			if !seg.acked {
+				s.rateDelivered(seg, rcvdSeg.rcvdTime)
+			}
 			if datalen > ackLeft {
 				prevCount := s.pCount(seg, s.MaxPayloadSize)
 				seg.TrimFront(ackLeft)
@@ -1764,6 +1778,7 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 			s.probeTimer.disable()
 		}
 	}
+	s.rateAckDone(rcvdSeg)
 
 	if s.ep.SACKPermitted && s.ep.tcpRecovery&tcpip.TCPRACKLossDetection != 0 {
 		// Update RACK reorder window.
@@ -1821,6 +1836,7 @@ func (s *sender) sendSegment(seg *segment) tcpip.Error {
 	seg.xmitTime = s.ep.stack.Clock().NowMonotonic()
 	seg.xmitCount++
 	seg.lost = false
+	s.rateOnSend(seg)
 
 	err := s.sendSegmentFromPacketBuffer(seg.pkt, seg.flags, seg.sequenceNumber)
 

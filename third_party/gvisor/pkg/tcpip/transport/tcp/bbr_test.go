@@ -1,0 +1,532 @@
+// Copyright 2026 The threshold Authors.
+//
+// Licensed under the Apache License, Version 2.0 (the "License");
+// you may not use this file except in compliance with the License.
+// You may obtain a copy of the License at
+//
+//     http://www.apache.org/licenses/LICENSE-2.0
+//
+// Unless required by applicable law or agreed to in writing, software
+// distributed under the License is distributed on an "AS IS" BASIS,
+// WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+// See the License for the specific language governing permissions and
+// limitations under the License.
+
+package tcp
+
+// Not upstream gVisor: tests of threshold's BBR (bbr*.go, pacing.go) on
+// synthetic ACK streams. A small simulator plays the network: a sender
+// driven by the model, the rate sampler and the pacer; a bottleneck with a
+// rate, a tail-drop queue and a propagation delay; random loss; one ACK per
+// delivered packet (as SACK would tell), loss detected when a later packet
+// is delivered (as RACK on a path without reordering).
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+)
+
+const simMSS = 1400
+
+type simPacket struct {
+	sent       tcpip.MonotonicTime
+	st         segRate
+	delivered  bool
+	lost       bool
+	retransmit bool
+}
+
+type simAck struct {
+	at tcpip.MonotonicTime
+	id int
+}
+
+type simNet struct {
+	t        *testing.T
+	rate     float64       // bottleneck bytes per second
+	delay    time.Duration // one way
+	queue    time.Duration // bottleneck queue limit
+	loss     float64
+	tick     time.Duration
+	appLimit float64 // if > 0, the application offers only this many bytes per second
+
+	rng     *rand.Rand
+	m       bbrModel
+	r       rateSampler
+	p       pacer
+	now     tcpip.MonotonicTime
+	pkts    []simPacket
+	retx    []int
+	acks    []simAck
+	free    tcpip.MonotonicTime
+	flight  int // sent, not delivered, not marked lost
+	offered float64
+
+	recovery      bool
+	recoveryPoint int
+	lowestUnacked int
+
+	deliveredBytes uint64
+	sentBytes      uint64
+
+	// onAck is called after every ACK, for the tests' observations.
+	onAck func(n *simNet)
+}
+
+func newSimNet(t *testing.T, mbit float64, rtt time.Duration, loss float64) *simNet {
+	n := &simNet{
+		t:     t,
+		rate:  mbit * 1e6 / 8,
+		delay: rtt / 2,
+		queue: rtt, // one BDP of buffer
+		loss:  loss,
+		tick:  20 * time.Microsecond,
+		rng:   rand.New(rand.NewPCG(1, 2)),
+	}
+	n.now = tcpip.MonotonicTime{}.Add(time.Second)
+	n.m.init(simMSS, InitialCwnd, bbrMaxCwnd, 0, 12345)
+	return n
+}
+
+func (n *simNet) run(d time.Duration) {
+	end := n.now.Add(d)
+	for n.now.Before(end) {
+		n.now = n.now.Add(n.tick)
+		if n.appLimit > 0 {
+			n.offered += n.appLimit * n.tick.Seconds()
+		}
+		n.processAcks()
+		n.send()
+	}
+}
+
+func (n *simNet) processAcks() {
+	for len(n.acks) > 0 && !n.now.Before(n.acks[0].at) {
+		a := n.acks[0]
+		n.acks = n.acks[1:]
+		p := &n.pkts[a.id]
+		if p.delivered {
+			continue
+		}
+		p.delivered = true
+		if !p.lost {
+			n.flight--
+		}
+		n.deliveredBytes += simMSS
+		n.r.onDelivered(&p.st, p.sent, n.now, p.retransmit)
+		// RACK without reordering: anything sent before this packet and
+		// not delivered is lost.
+		newlyLost := false
+		for i := n.lowestUnacked; i < len(n.pkts); i++ {
+			q := &n.pkts[i]
+			if q.delivered || q.lost {
+				continue
+			}
+			if !q.sent.Before(p.sent) {
+				break
+			}
+			q.lost = true
+			n.m.onLost(simMSS)
+			n.flight--
+			n.retx = append(n.retx, i)
+			newlyLost = true
+		}
+		for n.lowestUnacked < len(n.pkts) && n.pkts[n.lowestUnacked].delivered {
+			n.lowestUnacked++
+		}
+		if n.recovery && n.lowestUnacked > n.recoveryPoint {
+			n.recovery = false
+			n.m.onExitRecovery()
+		}
+		if newlyLost && !n.recovery {
+			n.recovery = true
+			n.recoveryPoint = len(n.pkts) - 1
+			n.m.onEnterRecovery(n.flight)
+		}
+		rs := n.r.finish(simMSS, n.now, n.m.minRTT)
+		n.m.onAck(bbrAck{now: n.now, rs: rs, inflight: n.flight, acked: simMSS})
+		if n.onAck != nil {
+			n.onAck(n)
+		}
+	}
+}
+
+func (n *simNet) send() {
+	for n.flight < n.m.cwnd {
+		if ok, _ := n.p.allow(n.now); !ok {
+			return
+		}
+		var id int
+		if len(n.retx) > 0 {
+			id = n.retx[0]
+			n.retx = n.retx[1:]
+			if n.pkts[id].delivered {
+				continue
+			}
+			n.pkts[id].lost = false
+			n.pkts[id].retransmit = true
+		} else {
+			if n.appLimit > 0 {
+				if n.offered < simMSS {
+					if n.flight < n.m.cwnd {
+						n.r.markAppLimited(uint64(n.flight * simMSS))
+					}
+					return
+				}
+				n.offered -= simMSS
+			}
+			id = len(n.pkts)
+			n.pkts = append(n.pkts, simPacket{})
+		}
+		p := &n.pkts[id]
+		p.sent = n.now
+		n.r.onSend(&p.st, n.now, n.flight == 0)
+		n.p.sent(n.now, simMSS, n.m.pacingRate, n.m.quantum())
+		n.flight++
+		n.sentBytes += simMSS
+		if n.rng.Float64() < n.loss {
+			continue
+		}
+		if n.free.Before(n.now) {
+			n.free = n.now
+		}
+		if n.free.Sub(n.now) > n.queue {
+			continue // tail drop
+		}
+		n.free = n.free.Add(time.Duration(float64(simMSS+60) / n.rate * float64(time.Second)))
+		n.acks = append(n.acks, simAck{at: n.free.Add(2 * n.delay), id: id})
+	}
+}
+
+// goodput measures delivered bytes per second over d.
+func (n *simNet) goodput(d time.Duration) float64 {
+	before := n.deliveredBytes
+	n.run(d)
+	return float64(n.deliveredBytes-before) / d.Seconds()
+}
+
+// payloadRate is the bottleneck's rate in payload bytes.
+func (n *simNet) payloadRate() float64 { return n.rate * simMSS / (simMSS + 60) }
+
+func (n *simNet) bdpPackets() float64 {
+	return n.payloadRate() * (2 * n.delay).Seconds() / simMSS
+}
+
+// TestBBRRandomLossNoCollapse: 1% random loss on a 100 Mbit/s, 30 ms path
+// must not pull the model's bandwidth, the window or the delivery rate down
+// (Reno would sit at MSS/RTT x 1.22/sqrt(p), about 4.5 Mbit/s). It fails if
+// loss reaches the model (a cwnd cut per loss, a bandwidth filter that
+// takes lossy samples as the max), or if recovery does not restore the
+// window.
+func TestBBRRandomLossNoCollapse(t *testing.T) {
+	for _, loss := range []float64{0.001, 0.01, 0.02} {
+		n := newSimNet(t, 100, 30*time.Millisecond, loss)
+		n.run(5 * time.Second)
+		minCwnd := math.MaxInt
+		n.onAck = func(n *simNet) {
+			if n.m.mode != bbrProbeRTT {
+				minCwnd = min(minCwnd, n.m.cwnd)
+			}
+		}
+		got := n.goodput(10 * time.Second)
+		link := n.payloadRate()
+		t.Logf("loss %.1f%%: goodput %.1f Mbit/s of %.1f, bw estimate %.1f, cwnd %d (min %d) of BDP %.0f, mode %s",
+			loss*100, got*8/1e6, link*8/1e6, n.m.bw.get()*8/1e6, n.m.cwnd, minCwnd, n.bdpPackets(), n.m.mode)
+		if got < 0.85*link*(1-loss) {
+			t.Errorf("loss %.1f%%: goodput %.1f Mbit/s, under 85%% of the link's %.1f", loss*100, got*8/1e6, link*8/1e6)
+		}
+		if bw := n.m.bw.get(); bw < 0.85*link || bw > 1.3*link {
+			t.Errorf("loss %.1f%%: bandwidth estimate %.1f Mbit/s, the link is %.1f", loss*100, bw*8/1e6, link*8/1e6)
+		}
+		if float64(minCwnd) < 0.5*n.bdpPackets() {
+			t.Errorf("loss %.1f%%: cwnd fell to %d packets, BDP is %.0f", loss*100, minCwnd, n.bdpPackets())
+		}
+	}
+}
+
+// TestBBRStartupExitsOnPlateau: startup must find the bottleneck (its
+// bandwidth estimate stops growing), leave for drain within a few rounds
+// of that, drain the queue it built, and cruise in probe-bw at the link's
+// rate with a short queue.
+func TestBBRStartupExitsOnPlateau(t *testing.T) {
+	n := newSimNet(t, 50, 40*time.Millisecond, 0)
+	var startupRounds uint64
+	var sawDrain bool
+	n.onAck = func(n *simNet) {
+		if n.m.mode == bbrStartup {
+			startupRounds = n.m.roundCount
+		}
+		if n.m.mode == bbrDrain {
+			sawDrain = true
+		}
+	}
+	n.run(3 * time.Second)
+	// From 10 packets to a BDP of ~170 takes ~4-5 doubling rounds; then
+	// three rounds without 25% growth.
+	if !n.m.filledPipe || n.m.mode != bbrProbeBW || !sawDrain {
+		t.Fatalf("after 3 s: filled pipe %v, mode %s, drained %v; want a filled pipe, probe-bw after drain", n.m.filledPipe, n.m.mode, sawDrain)
+	}
+	if startupRounds > 14 {
+		t.Errorf("startup lasted %d rounds; a plateau should end it after about 8", startupRounds)
+	}
+	// Cruising: the queue stays short (the bottleneck is busy, but not
+	// overfilled: at most the 1.25 probe's quarter BDP plus bursts).
+	maxQueue := time.Duration(0)
+	n.onAck = func(n *simNet) {
+		if q := n.free.Sub(n.now); q > maxQueue {
+			maxQueue = q
+		}
+	}
+	got := n.goodput(3 * time.Second)
+	t.Logf("startup %d rounds; then %.1f Mbit/s of %.1f, queue at most %s, bw %.1f", startupRounds, got*8/1e6, n.payloadRate()*8/1e6, maxQueue, n.m.bw.get()*8/1e6)
+	if got < 0.9*n.payloadRate() {
+		t.Errorf("probe-bw goodput %.1f Mbit/s, under 90%% of %.1f", got*8/1e6, n.payloadRate()*8/1e6)
+	}
+	if maxQueue > 20*time.Millisecond {
+		t.Errorf("queue reached %s in probe-bw; pacing at the estimate should keep it under half the RTT", maxQueue)
+	}
+}
+
+// TestBBRProbeRTT: when the path's delay grows (a route change), the old
+// minimum RTT cannot be seen again; after its 10 s window the model must
+// probe (cwnd down to 4 packets for 200 ms and a round), take the new
+// minimum, and restore its window.
+func TestBBRProbeRTT(t *testing.T) {
+	n := newSimNet(t, 50, 30*time.Millisecond, 0)
+	n.run(3 * time.Second)
+	n.delay = 20 * time.Millisecond // 40 ms RTT from now on
+	var entered, exited tcpip.MonotonicTime
+	var priorCwnd, minCwnd, afterCwnd int
+	minCwnd = math.MaxInt
+	n.onAck = func(n *simNet) {
+		switch {
+		case n.m.mode == bbrProbeRTT && entered == (tcpip.MonotonicTime{}):
+			entered = n.now
+			priorCwnd = n.m.priorCwnd
+		case n.m.mode == bbrProbeRTT:
+			minCwnd = min(minCwnd, n.m.cwnd)
+		case entered != (tcpip.MonotonicTime{}) && exited == (tcpip.MonotonicTime{}):
+			exited = n.now
+			afterCwnd = n.m.cwnd
+		}
+	}
+	n.run(12 * time.Second)
+	if entered == (tcpip.MonotonicTime{}) || exited == (tcpip.MonotonicTime{}) {
+		t.Fatalf("no probe-rtt within 12 s of the delay change (min RTT %s)", n.m.minRTT)
+	}
+	held := exited.Sub(entered)
+	t.Logf("probe-rtt after %s, held %s, cwnd %d -> %d -> %d, min RTT now %s",
+		entered.Sub(tcpip.MonotonicTime{}.Add(4*time.Second)), held, priorCwnd, minCwnd, afterCwnd, n.m.minRTT)
+	if minCwnd > bbrMinPipeCwnd {
+		t.Errorf("probe-rtt window %d, want %d", minCwnd, bbrMinPipeCwnd)
+	}
+	if held < bbrProbeRTTTime {
+		t.Errorf("probe-rtt held %s, want at least %s", held, bbrProbeRTTTime)
+	}
+	if held > time.Second {
+		t.Errorf("probe-rtt held %s", held)
+	}
+	if afterCwnd < priorCwnd {
+		t.Errorf("after probe-rtt cwnd %d, before %d: not restored", afterCwnd, priorCwnd)
+	}
+	if d := n.m.minRTT - 40*time.Millisecond; d < 0 || d > 3*time.Millisecond {
+		t.Errorf("min RTT after probe-rtt %s, want about 40ms", n.m.minRTT)
+	}
+	if got := n.goodput(2 * time.Second); got < 0.9*n.payloadRate() {
+		t.Errorf("goodput after probe-rtt %.1f Mbit/s of %.1f", got*8/1e6, n.payloadRate()*8/1e6)
+	}
+}
+
+// TestBBRPacingFollowsModel: the pacing rate is the estimate times the
+// phase's gain (less the margin), and what the sender actually sends over a
+// probe-bw cycle follows that rate, not the window: the sent rate stays
+// near the link's even though the window is two BDPs.
+func TestBBRPacingFollowsModel(t *testing.T) {
+	n := newSimNet(t, 80, 20*time.Millisecond, 0)
+	n.run(3 * time.Second)
+	bad := 0
+	n.onAck = func(n *simNet) {
+		want := n.m.pacingGain * n.m.bandwidth() * (1 - bbrPacingMargin)
+		if math.Abs(n.m.pacingRate-want) > 1e-6*want {
+			bad++
+		}
+	}
+	sent := n.sentBytes
+	n.run(4 * time.Second)
+	rate := float64(n.sentBytes-sent) / 4
+	t.Logf("sent %.1f Mbit/s, link %.1f, pacing %.1f, cwnd %d (BDP %.0f)", rate*8/1e6, n.payloadRate()*8/1e6, n.m.pacingRate*8/1e6, n.m.cwnd, n.bdpPackets())
+	if bad > 0 {
+		t.Errorf("%d ACKs left the pacing rate off gain x bandwidth", bad)
+	}
+	if rate > 1.1*n.payloadRate() || rate < 0.9*n.payloadRate() {
+		t.Errorf("sent %.1f Mbit/s on a %.1f Mbit/s link: not paced at the estimate", rate*8/1e6, n.payloadRate()*8/1e6)
+	}
+}
+
+// TestBBRAppLimitedKeepsEstimate: a sender the application holds to 10
+// Mbit/s on a 100 Mbit/s link must not end startup on that plateau with a
+// low estimate marked as the path's (app-limited samples do not lower the
+// filter), and its pacing must not hold it below what it offers.
+func TestBBRAppLimitedKeepsEstimate(t *testing.T) {
+	n := newSimNet(t, 100, 30*time.Millisecond, 0)
+	n.appLimit = 10e6 / 8
+	got := n.goodput(4 * time.Second)
+	if n.m.filledPipe {
+		t.Errorf("app-limited at 10 Mbit/s, the model declared the 100 Mbit/s pipe full (bw %.1f Mbit/s)", n.m.bw.get()*8/1e6)
+	}
+	if got < 0.95*n.appLimit {
+		t.Errorf("app-limited goodput %.1f Mbit/s of the 10 offered", got*8/1e6)
+	}
+}
+
+// TestRateSampleSACKCountsAtOnce: bytes an ACK selectively acknowledges
+// are delivered at once, and the sample measures them over the interval
+// of the newest one.
+func TestRateSampleSACKCountsAtOnce(t *testing.T) {
+	var r rateSampler
+	t0 := tcpip.MonotonicTime{}.Add(time.Second)
+	var st [10]segRate
+	var sent [10]tcpip.MonotonicTime
+	for i := range st {
+		sent[i] = t0.Add(time.Duration(i) * time.Millisecond)
+		r.onSend(&st[i], sent[i], i == 0)
+	}
+	// Packet 0 is lost; one ACK SACKs 1-9 at 30 ms after packet 9 left.
+	ack := sent[9].Add(30 * time.Millisecond)
+	for i := 1; i < 10; i++ {
+		r.onDelivered(&st[i], sent[i], ack, false)
+	}
+	rs := r.finish(9*simMSS, ack, 0)
+	if !rs.valid || rs.newlyDelivered != 9*simMSS {
+		t.Fatalf("sample %+v: want 9 packets delivered, valid", rs)
+	}
+	// Delivered 9 packets since the flight started; the interval is the
+	// longer of send (9 ms) and ack (39 ms) elapsed.
+	want := 9 * simMSS / (39 * time.Millisecond).Seconds()
+	if math.Abs(rs.deliveryRate-want) > 0.01*want {
+		t.Errorf("rate %.0f B/s, want %.0f", rs.deliveryRate, want)
+	}
+	if rs.rtt != 30*time.Millisecond {
+		t.Errorf("rtt %s, want 30ms (the newest packet's)", rs.rtt)
+	}
+	// A retransmission's RTT is ambiguous: not a min-RTT sample.
+	var st2 segRate
+	r.onSend(&st2, ack, false)
+	r.onDelivered(&st2, ack, ack.Add(5*time.Millisecond), true)
+	if rs := r.finish(simMSS, ack.Add(5*time.Millisecond), 0); rs.rtt != 0 {
+		t.Errorf("retransmitted segment gave an RTT sample %s", rs.rtt)
+	}
+}
+
+// TestPacerKeepsRateDespiteOversleep: a pacer woken late by a busy timer
+// (up to 1 ms) still sends at its rate on average, and never bursts more
+// than its credit.
+func TestPacerKeepsRateDespiteOversleep(t *testing.T) {
+	const rate = 100e6 / 8
+	const quantum = 12500
+	rng := rand.New(rand.NewPCG(3, 4))
+	var p pacer
+	now := tcpip.MonotonicTime{}.Add(time.Second)
+	start := now
+	sent := 0
+	maxBurst := 0
+	for now.Sub(start) < time.Second {
+		burst := 0
+		for {
+			ok, wait := p.allow(now)
+			if !ok {
+				now = now.Add(wait + time.Duration(rng.IntN(1000))*time.Microsecond)
+				break
+			}
+			p.sent(now, quantum, rate, quantum)
+			sent += quantum
+			burst += quantum
+		}
+		maxBurst = max(maxBurst, burst)
+	}
+	got := float64(sent) / now.Sub(start).Seconds()
+	if got < 0.97*rate || got > 1.03*rate {
+		t.Errorf("paced %.1f Mbit/s, want %.1f", got*8/1e6, rate*8/1e6)
+	}
+	allowed := int(pacerCreditTime(rate, quantum).Seconds()*rate) + quantum
+	if maxBurst > allowed {
+		t.Errorf("burst of %d bytes, credit allows %d", maxBurst, allowed)
+	}
+	// After idle, no burst beyond the credit either.
+	now = now.Add(time.Second)
+	burst := 0
+	for ok, _ := p.allow(now); ok; ok, _ = p.allow(now) {
+		p.sent(now, quantum, rate, quantum)
+		burst += quantum
+	}
+	if burst > allowed {
+		t.Errorf("after idle, a burst of %d bytes, credit allows %d", burst, allowed)
+	}
+}
+
+// TestBBRRTOKeepsModel: a retransmission timeout restarts the window at
+// bbrMinPipeCwnd, not at 1 packet forever: the model (bandwidth, min RTT)
+// is kept, ACKs that only re-acknowledge data (after the SACK scoreboard was
+// cleared: no rate sample) grow the window without ageing the bandwidth
+// filter, and the end of the timeout's recovery restores the old window.
+func TestBBRRTOKeepsModel(t *testing.T) {
+	n := newSimNet(t, 100, 30*time.Millisecond, 0)
+	n.run(3 * time.Second)
+	bw, rounds, before := n.m.bw.get(), n.m.roundCount, n.m.cwnd
+	n.m.onRTO()
+	if n.m.cwnd != bbrMinPipeCwnd {
+		t.Fatalf("cwnd after RTO %d, want %d", n.m.cwnd, bbrMinPipeCwnd)
+	}
+	// 200 ACKs re-acknowledging 10 packets each, no samples.
+	for range 200 {
+		n.m.onAck(bbrAck{now: n.now, inflight: 0, acked: 10 * simMSS})
+	}
+	if n.m.roundCount != rounds || n.m.bw.get() != bw {
+		t.Errorf("unsampled ACKs moved the model: rounds %d -> %d, bw %.1f -> %.1f Mbit/s", rounds, n.m.roundCount, bw*8/1e6, n.m.bw.get()*8/1e6)
+	}
+	if n.m.cwnd < before/2 {
+		t.Errorf("cwnd %d after re-acknowledged data, was %d before the RTO: it did not grow back", n.m.cwnd, before)
+	}
+	n.m.onExitRecovery()
+	if n.m.cwnd < before {
+		t.Errorf("cwnd %d after the RTO's recovery, %d before it", n.m.cwnd, before)
+	}
+	if got := n.goodput(2 * time.Second); got < 0.9*n.payloadRate() {
+		t.Errorf("goodput after the RTO %.1f Mbit/s of %.1f", got*8/1e6, n.payloadRate()*8/1e6)
+	}
+}
+
+// TestBBRCongestedRoundBoundsBandwidth: a round losing far more than random
+// loss would (here 15%) is congestion: it ends startup, and in probe-bw it
+// bounds the bandwidth (bwLo) below the max filter; once the loss is gone
+// the next probe drops the bound and the link is used fully again.
+func TestBBRCongestedRoundBoundsBandwidth(t *testing.T) {
+	n := newSimNet(t, 100, 30*time.Millisecond, 0.15)
+	n.run(time.Second)
+	if !n.m.filledPipe || n.m.mode == bbrStartup {
+		t.Errorf("startup still on after 1 s at 15%% loss (mode %s)", n.m.mode)
+	}
+	n.loss = 0
+	n.run(3 * time.Second)
+	var bounded bool
+	n.onAck = func(n *simNet) {
+		if n.m.bwLo > 0 && n.m.bwLo < n.m.bw.get() {
+			bounded = true
+		}
+	}
+	n.loss = 0.15
+	n.run(time.Second)
+	if !bounded {
+		t.Errorf("15%% loss in probe-bw never bounded the bandwidth (bw %.1f Mbit/s)", n.m.bw.get()*8/1e6)
+	}
+	n.onAck = nil
+	n.loss = 0
+	n.run(2 * time.Second)
+	if got := n.goodput(2 * time.Second); got < 0.9*n.payloadRate() {
+		t.Errorf("after the congestion ended: %.1f Mbit/s of %.1f (bwLo %.1f)", got*8/1e6, n.payloadRate()*8/1e6, n.m.bwLo*8/1e6)
+	}
+}
