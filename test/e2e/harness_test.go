@@ -93,6 +93,29 @@ func freePort(t testing.TB, network string) int {
 	return 0
 }
 
+// freePortBoth picks a port free for both TCP and UDP on loopback, for a
+// test that puts a TCP and a UDP tunnel on the same port.
+func freePortBoth(t testing.TB) int {
+	t.Helper()
+	for range 100 {
+		port := freePort(t, "tcp")
+		c, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue // in use for UDP: take another
+		}
+		c.Close()
+		portsMu.Lock()
+		taken := handed[fmt.Sprintf("udp/%d", port)]
+		handed[fmt.Sprintf("udp/%d", port)] = true
+		portsMu.Unlock()
+		if !taken {
+			return port
+		}
+	}
+	t.Fatal("no port free for both TCP and UDP found")
+	return 0
+}
+
 // --- polling ---
 
 func waitUntil(t testing.TB, timeout time.Duration, what string, ok func() bool) {

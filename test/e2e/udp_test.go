@@ -601,7 +601,7 @@ func TestUDPProxyV2(t *testing.T) {
 func TestUDPRefusalsAndValidation(t *testing.T) {
 	t.Parallel()
 	srv, _, _ := udpSetup(t, nil)
-	port := freePort(t, "udp")
+	port := freePortBoth(t)
 	good := srv.mustPutTunnels(t, []tunnel{udpT(port, "echo", "home"), {Protocol: "tcp", ListenAddress: "127.0.0.1", ListenPort: port, BackEndService: "echo", ClientId: "home"}})
 	if len(good) != 2 {
 		t.Fatalf("a TCP and a UDP tunnel on port %d: %+v", port, good)
