@@ -494,7 +494,12 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 		public.Close()
 		return
 	}
-	defer g.life.live.end(s)
+	joined := false // then the join ends the session
+	defer func() {
+		if !joined {
+			g.life.live.end(s)
+		}
+	}()
 	if !s.add(public) {
 		return
 	}
@@ -515,7 +520,7 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 	if !s.add(conn) { // the replaying wrapper, if the route was peeked
 		return
 	}
-	g.forward(s, conn, t)
+	joined = g.forward(s, conn, t)
 }
 
 // route picks the tunnel for a new connection. A port served by one "*"

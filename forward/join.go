@@ -69,12 +69,38 @@ type Meter struct {
 
 // JoinMetered is Join, reporting bytes to m as they are written.
 func JoinMetered(a, b net.Conn, t Timeouts, m Meter) Joined {
-	t = t.withDefaults()
-	j := &join{t: t}
-	j.touch()
 	if wa, wb := waiterOf(a), waiterOf(b); wa != nil && wb != nil {
-		return j.reactive(a, b, wa, wb, m)
+		res := make(chan Joined, 1)
+		newJoin(t).reactive(a, b, wa, wb, m, func(r Joined) { res <- r })
+		return <-res
 	}
+	return newJoin(t).goroutines(a, b, m)
+}
+
+// JoinThen is JoinMetered without waiting: it returns at once and calls
+// then, once, on a goroutine of its own, after both connections have
+// ended and been closed. Where both sides can be waited for without a
+// blocked read (see reactive), a quiet connection then holds no goroutine
+// of its caller's: what it costs while nothing moves is its state, and a
+// small goroutine per kernel socket waiting for readiness.
+func JoinThen(a, b net.Conn, t Timeouts, m Meter, then func(Joined)) {
+	if wa, wb := waiterOf(a), waiterOf(b); wa != nil && wb != nil {
+		newJoin(t).reactive(a, b, wa, wb, m, then)
+		return
+	}
+	go func() { then(newJoin(t).goroutines(a, b, m)) }()
+}
+
+func newJoin(t Timeouts) *join {
+	j := &join{t: t.withDefaults()}
+	j.touch()
+	return j
+}
+
+// goroutines is the join for connections that cannot report readiness:
+// one goroutine per direction, each blocked in Read, for as long as the
+// connection lives.
+func (j *join) goroutines(a, b net.Conn, m Meter) Joined {
 	var wg sync.WaitGroup
 	var ba int64
 	var errBA error
@@ -98,12 +124,11 @@ type join struct {
 
 	// Reactive joins only (see reactive).
 	a, b     net.Conn
+	ab, ba   *direction
 	watchdog *time.Timer
 	idleErr  atomic.Bool // the watchdog closed the connection
-	kernel   chan *direction
-	busy     atomic.Bool // the joining goroutine is waiting for a kernel socket
 	ended    atomic.Int32
-	done     chan struct{}
+	then     func(Joined)
 }
 
 func (j *join) touch() { j.lastActivity.Store(time.Now().UnixNano()) }
@@ -241,16 +266,24 @@ func closeWrite(c net.Conn) error {
 // waits for its source to become readable:
 //   - a source that can call back (netstack's TCPConn: NotifyReadable)
 //     costs no goroutine at all while it waits;
-//   - a kernel TCP socket is waited for by the goroutine that called Join,
-//     which has to wait anyway (a second one gets a goroutine of its own).
+//   - a kernel TCP socket is waited for by a goroutine of its own, started
+//     for the wait (so its stack is the smallest Go has, not that of the
+//     goroutine that dialled), blocked in the runtime's poller without a
+//     buffer.
 // The copier always reads through the wrapper Join was given (PROXY
 // header, peeked bytes, status byte), and goes quiet only after a read
 // timed out with nothing read, so nothing the wrapper buffers is missed.
 // The idle and half-closed limits are kept by one timer per connection.
 
 // quietAfter is how long a direction goes without data before its copier
-// ends and it waits for readiness instead.
-const quietAfter = time.Second
+// ends and it waits for readiness instead. It is short because a copier
+// blocked in Read holds its goroutine's stack and buffer: a burst of new
+// connections, each sending a request and then sitting quiet, would
+// otherwise hold four copiers per connection for the whole period (with
+// one second, 1,000 connections opened within it held ~30 MB more at the
+// peak, which the processes keep). Waking a parked direction costs a
+// goroutine start and a readiness registration, a few microseconds.
+const quietAfter = 20 * time.Millisecond
 
 // readNotifier is a connection that can report readability without a
 // goroutine blocked in Read: netstack's TCPConn.
@@ -305,32 +338,28 @@ type direction struct {
 	stop func() // of a pending NotifyReadable
 }
 
-func (j *join) reactive(a, b net.Conn, wa, wb *waiter, m Meter) Joined {
-	j.a, j.b = a, b
-	j.kernel = make(chan *direction, 2)
-	j.done = make(chan struct{})
-	ab := &direction{j: j, src: a, dst: b, w: wa, count: m.AToB}
-	ba := &direction{j: j, src: b, dst: a, w: wb, count: m.BToA}
+// reactive starts the join and returns; then gets the result once both
+// directions have ended, on the goroutine that ended the second.
+func (j *join) reactive(a, b net.Conn, wa, wb *waiter, m Meter, then func(Joined)) {
+	j.a, j.b, j.then = a, b, then
+	j.ab = &direction{j: j, src: a, dst: b, w: wa, count: m.AToB}
+	j.ba = &direction{j: j, src: b, dst: a, w: wb, count: m.BToA}
 	j.watchdog = time.AfterFunc(j.t.Idle, j.checkIdle)
 	// Both start copying: a wrapper may hold bytes already.
-	go ab.copy()
-	go ba.copy()
-	for {
-		select {
-		case d := <-j.kernel:
-			d.waitKernel()
-			j.busy.Store(false)
-		case <-j.done:
-			j.watchdog.Stop()
-			a.Close()
-			b.Close()
-			err := errors.Join(ab.err, ba.err)
-			if j.idleErr.Load() {
-				err = errors.Join(ErrIdle, err)
-			}
-			return Joined{AToB: ab.total, BToA: ba.total, Err: err}
-		}
+	go j.ab.copy()
+	go j.ba.copy()
+}
+
+// finish closes both connections and reports the result.
+func (j *join) finish() {
+	j.watchdog.Stop()
+	j.a.Close()
+	j.b.Close()
+	err := errors.Join(j.ab.err, j.ba.err)
+	if j.idleErr.Load() {
+		err = errors.Join(ErrIdle, err)
 	}
+	j.then(Joined{AToB: j.ab.total, BToA: j.ba.total, Err: err})
 }
 
 // checkIdle is the watchdog: it closes the connection once nothing has
@@ -352,7 +381,7 @@ func (j *join) closeBoth() { j.failOnce.Do(func() { j.a.Close(); j.b.Close() }) 
 func (d *direction) end(err error) {
 	d.err = err
 	if d.j.ended.Add(1) == 2 {
-		close(d.j.done)
+		d.j.finish()
 	}
 }
 
@@ -442,11 +471,7 @@ func (d *direction) copy() {
 // park waits for the source to become readable, then copies again.
 func (d *direction) park() {
 	if d.w.notify == nil {
-		if d.j.busy.CompareAndSwap(false, true) {
-			d.j.kernel <- d // buffered: never blocks
-		} else {
-			go d.waitKernel() // two kernel sources: the second waits on its own
-		}
+		go d.waitKernel()
 		return
 	}
 	d.mu.Lock()
@@ -464,7 +489,7 @@ func (d *direction) resume() {
 }
 
 // waitKernel blocks until the kernel socket is readable (or closed), then
-// starts a copier.
+// copies on the same goroutine.
 func (d *direction) waitKernel() {
 	// The copier's deadline has passed; waiting must not see it. The
 	// watchdog bounds the wait instead, by closing the connection.
@@ -473,7 +498,7 @@ func (d *direction) waitKernel() {
 		return
 	}
 	waitReadable(d.w.tcp)
-	go d.copy()
+	d.copy()
 }
 
 var smallBuffers = sync.Pool{New: func() any { b := make([]byte, smallBufferSize); return &b }}

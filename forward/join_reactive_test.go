@@ -5,6 +5,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -82,29 +83,75 @@ func ftExchange(t *testing.T, from, to net.Conn, msg string) {
 }
 
 // An idle join holds no copying goroutine: with one source that calls
-// back (as netstack's connections do) and one kernel socket, only the
-// goroutine that called Join is left, waiting for the kernel socket.
-func TestJoinIdleHoldsOnlyTheJoiningGoroutine(t *testing.T) {
+// back (as netstack's connections do) and one kernel socket, JoinThen
+// leaves one goroutine, waiting for the kernel socket, and none of the
+// caller's.
+func TestJoinIdleHoldsOnlyTheKernelWaiter(t *testing.T) {
 	ftCheckGoroutines(t)
 	p := newFtPoller(t)
 	aPeer, a := ftTCPPair(t)
 	b, bPeer := ftTCPPair(t)
 	before := runtime.NumGoroutine()
 	done := make(chan Joined, 1)
-	go func() { done <- Join(&ftNotifyConn{TCPConn: a, p: p}, b, Timeouts{}) }()
+	JoinThen(&ftNotifyConn{TCPConn: a, p: p}, b, Timeouts{}, Meter{}, func(r Joined) { done <- r })
 	ftExchange(t, aPeer, bPeer, "hello")
 	ftExchange(t, bPeer, aPeer, "world")
-	ftWaitFor(t, 5*quietAfter, "the copiers to end", func() bool { return runtime.NumGoroutine() <= before+1 })
+	ftWaitFor(t, 50*quietAfter, "the copiers to end", func() bool { return runtime.NumGoroutine() <= before+1 })
 	// And it still copies both ways, more than once.
 	for range 2 {
 		ftExchange(t, bPeer, aPeer, "again from b")
 		ftExchange(t, aPeer, bPeer, "again from a")
 		time.Sleep(quietAfter * 3 / 2)
+		ftWaitFor(t, 50*quietAfter, "the copiers to end", func() bool { return runtime.NumGoroutine() <= before+1 })
 	}
 	aPeer.Close()
 	bPeer.Close()
 	ftWaitJoin(t, done, ftPrompt)
 }
+
+// JoinThen calls back once, after both connections are closed, also when
+// neither side can report readiness (then it copies with goroutines).
+func TestJoinThenCallsBackAfterClosing(t *testing.T) {
+	ftCheckGoroutines(t)
+	for _, name := range []string{"reactive", "goroutines"} {
+		t.Run(name, func(t *testing.T) {
+			aPeer, a := ftTCPPair(t)
+			b, bPeer := ftTCPPair(t)
+			var ca, cb net.Conn = a, b
+			if name == "goroutines" {
+				ca, cb = ftPlainConn{a}, ftPlainConn{b}
+			}
+			var calls atomic.Int32
+			done := make(chan Joined, 2)
+			JoinThen(ca, cb, Timeouts{}, Meter{}, func(r Joined) {
+				calls.Add(1)
+				// Both are closed by now: their peers see the end.
+				if _, err := a.Write([]byte("x")); err == nil {
+					t.Error("a still open when then ran")
+				}
+				if _, err := b.Write([]byte("x")); err == nil {
+					t.Error("b still open when then ran")
+				}
+				done <- r
+			})
+			ftExchange(t, aPeer, bPeer, "one")
+			ftExchange(t, bPeer, aPeer, "two")
+			aPeer.Close()
+			bPeer.Close()
+			res := ftWaitJoin(t, done, ftPrompt)
+			if res.AToB != 3 || res.BToA != 3 {
+				t.Errorf("copied %d and %d bytes, want 3 and 3", res.AToB, res.BToA)
+			}
+			time.Sleep(10 * time.Millisecond)
+			if n := calls.Load(); n != 1 {
+				t.Errorf("then called %d times", n)
+			}
+		})
+	}
+}
+
+// ftPlainConn hides the TCP socket, so that Join cannot wait for it.
+type ftPlainConn struct{ net.Conn }
 
 // With two kernel sockets, both directions must wake from readiness in
 // either order (the joining goroutine can wait for only one of them).

@@ -63,6 +63,15 @@ func (l *lifecycle) enter() bool {
 
 func (l *lifecycle) leave() { l.wg.Done() }
 
+// hold counts work that outlives the handler starting it (a join that
+// calls back when done), so that Close waits for it too; the caller must
+// be counted itself (a handler of accept, or between enter and leave).
+// release must be called once.
+func (l *lifecycle) hold() (release func()) {
+	l.wg.Add(1)
+	return l.wg.Done
+}
+
 // serve accepts on ln until ln is closed or the forwarder stops, handling
 // each connection in a goroutine Close waits for. It owns ln: ln is closed
 // when serve returns. It returns ErrClosed when the forwarder stopped it.

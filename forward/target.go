@@ -18,25 +18,29 @@ import (
 // take the connection instead: a live client answers well within it.
 const failoverDialTimeout = 2 * time.Second
 
-// forward hands a routed public connection to the tunnel's client.
-func (g *Gateway) forward(s *session, public net.Conn, t Tunnel) {
+// forward hands a routed public connection to the tunnel's client. It
+// reports whether the connection was joined: then the join, not the
+// caller, ends the session once the connection is over, and the handling
+// goroutine is free to end while the connection lives on (its stack grew
+// while it dialled through the tunnel).
+func (g *Gateway) forward(s *session, public net.Conn, t Tunnel) bool {
 	log := g.log.With("tunnel", t.RouteKey(), "from", addrString(public.RemoteAddr()))
 	up, peer, err := g.dial(t)
 	if err != nil {
 		log.Info("connection refused: no client reachable", "clients", t.Clients(), "err", err)
 		g.cfg.Rejected(RejectNoClient)
 		s.close()
-		return
+		return false
 	}
 	s.setClient(peer.ID)
 	if !s.add(up) {
-		return
+		return false
 	}
 	// A client removed or rotated while it was being dialled: its sessions
 	// were closed before this one was tagged with it.
 	if now, ok := g.cfg.Directory().Peer(peer.ID); !ok || now.Addr != peer.Addr || !now.Connected {
 		s.close()
-		return
+		return false
 	}
 	log = log.With("client", peer.ID)
 	req := Request{
@@ -50,23 +54,31 @@ func (g *Gateway) forward(s *session, public net.Conn, t Tunnel) {
 		log.Info("connection refused: sending request to client", "err", err)
 		g.cfg.Rejected(RejectNoClient)
 		s.close()
-		return
+		return false
 	}
 	_ = up.SetWriteDeadline(time.Time{})
 	var m Meter
+	var obs ConnObserver
 	if g.cfg.Observe != nil {
-		obs := g.cfg.Observe(t, peer.ID)
-		defer obs.Done()
+		obs = g.cfg.Observe(t, peer.ID)
 		m = Meter{AToB: obs.In, BToA: obs.Out}
 	}
-	res := JoinMetered(public, &statusConn{Conn: up}, g.cfg.Timeouts, m)
-	switch {
-	case errors.Is(res.Err, ErrUnknownService):
-		g.cfg.Rejected(RejectUnknownService)
-	case errors.Is(res.Err, ErrBackendUnreachable):
-		g.cfg.Rejected(RejectBackendUnreachable)
-	}
-	log.Debug("connection done", "bytes_in", res.AToB, "bytes_out", res.BToA, "err", res.Err)
+	release := g.life.hold()
+	JoinThen(public, &statusConn{Conn: up}, g.cfg.Timeouts, m, func(res Joined) {
+		defer release()
+		defer g.life.live.end(s)
+		switch {
+		case errors.Is(res.Err, ErrUnknownService):
+			g.cfg.Rejected(RejectUnknownService)
+		case errors.Is(res.Err, ErrBackendUnreachable):
+			g.cfg.Rejected(RejectBackendUnreachable)
+		}
+		log.Debug("connection done", "bytes_in", res.AToB, "bytes_out", res.BToA, "err", res.Err)
+		if obs != nil {
+			obs.Done()
+		}
+	})
+	return true
 }
 
 // dial reaches the first connected client of t that answers.
