@@ -275,6 +275,9 @@ func TestInProcIdleHeap(t *testing.T) {
 	if out == "" {
 		t.Skip("set BENCH_IDLE_HEAP=FILE to run")
 	}
+	// Sample finely: a connection's pieces are small.
+	defer func(r int) { runtime.MemProfileRate = r }(runtime.MemProfileRate)
+	runtime.MemProfileRate = 1024
 	n := 1000
 	if s := os.Getenv("BENCH_IDLE_CONNS"); s != "" {
 		n, _ = strconv.Atoi(s)
