@@ -146,11 +146,13 @@ func (c *Connector) handle(conn net.Conn) {
 	// grew while dialling.
 	joined = true
 	release := c.life.hold()
-	JoinThen(pc, backend, c.cfg.Timeouts, Meter{}, func(res Joined) {
+	j := joinThen(pc, backend, c.cfg.Timeouts, Meter{}, c.life.poll, func(res Joined) {
 		defer release()
 		defer c.life.live.end(s)
 		log.Debug("connection done", "backend", addr, "bytes_in", res.AToB, "bytes_out", res.BToA, "err", res.Err)
 	})
+	// The session closes the connection through the join (joinThen).
+	s.add(j)
 }
 
 // Live reports how many tunneled connections are open.

@@ -84,11 +84,32 @@ func JoinMetered(a, b net.Conn, t Timeouts, m Meter) Joined {
 // of its caller's: what it costs while nothing moves is its state, and a
 // small goroutine per kernel socket waiting for readiness.
 func JoinThen(a, b net.Conn, t Timeouts, m Meter, then func(Joined)) {
+	joinThen(a, b, t, m, nil, then)
+}
+
+// joinThen is JoinThen; with a poller, a quiet kernel socket joined to a
+// connection that calls back (netstack's) is waited for by the poller
+// instead of a goroutine of its own. The poller forgets a socket closed
+// without telling it, so the caller must then close the connection through
+// the returned io.Closer (a session does), never one side alone.
+func joinThen(a, b net.Conn, t Timeouts, m Meter, poll *readyPoller, then func(Joined)) io.Closer {
+	j := newJoin(t)
 	if wa, wb := waiterOf(a), waiterOf(b); wa != nil && wb != nil {
-		newJoin(t).reactive(a, b, wa, wb, m, then)
-		return
+		if poll != nil && canPollReady && (wa.notify != nil) != (wb.notify != nil) {
+			j.poll = poll
+		}
+		j.reactive(a, b, wa, wb, m, then)
+		return j
 	}
-	go func() { then(newJoin(t).goroutines(a, b, m)) }()
+	j.a, j.b = a, b
+	go func() { then(j.goroutines(a, b, m)) }()
+	return j
+}
+
+// Close closes both connections; the join then ends as on any failure.
+func (j *join) Close() error {
+	j.closeBoth()
+	return nil
 }
 
 func newJoin(t Timeouts) *join {
@@ -122,9 +143,11 @@ type join struct {
 	halfClosed   atomic.Bool
 	failOnce     sync.Once
 
+	a, b net.Conn
 	// Reactive joins only (see reactive).
-	a, b     net.Conn
 	ab, ba   *direction
+	poll     *readyPoller // or nil: kernel sockets wait with a goroutine each
+	closing  atomic.Bool  // closeBoth ran: nothing may wait in poll any more
 	watchdog *time.Timer
 	idleErr  atomic.Bool // the watchdog closed the connection
 	ended    atomic.Int32
@@ -266,10 +289,14 @@ func closeWrite(c net.Conn) error {
 // waits for its source to become readable:
 //   - a source that can call back (netstack's TCPConn: NotifyReadable)
 //     costs no goroutine at all while it waits;
-//   - a kernel TCP socket is waited for by a goroutine of its own, started
-//     for the wait (so its stack is the smallest Go has, not that of the
-//     goroutine that dialled), blocked in the runtime's poller without a
-//     buffer.
+//   - a kernel TCP socket joined to such a connection, in the gateway and
+//     the connector, is waited for by their readyPoller (one epoll set and
+//     one goroutine for all of a forwarder's joins, poll_linux.go): an idle
+//     connection then holds no goroutine at all;
+//   - any other kernel TCP socket is waited for by a goroutine of its own,
+//     started for the wait (so its stack is the smallest Go has, not that
+//     of the goroutine that dialled), blocked in the runtime's poller
+//     without a buffer.
 // The copier always reads through the wrapper Join was given (PROXY
 // header, peeked bytes, status byte), and goes quiet only after a read
 // timed out with nothing read, so nothing the wrapper buffers is missed.
@@ -334,8 +361,9 @@ type direction struct {
 
 	readDeadline, writeDeadline time.Time
 
-	mu   sync.Mutex
-	stop func() // of a pending NotifyReadable
+	mu         sync.Mutex
+	stop       func()      // of a pending NotifyReadable
+	pollCancel func() bool // of a pending wait in the join's poller
 }
 
 // reactive starts the join and returns; then gets the result once both
@@ -375,7 +403,27 @@ func (j *join) checkIdle() {
 	j.closeBoth()
 }
 
-func (j *join) closeBoth() { j.failOnce.Do(func() { j.a.Close(); j.b.Close() }) }
+// closeBoth closes both connections once, and resumes a direction waiting
+// in the poller, which closing its socket would not wake.
+func (j *join) closeBoth() {
+	j.failOnce.Do(func() {
+		j.closing.Store(true)
+		j.a.Close()
+		j.b.Close()
+		for _, d := range []*direction{j.ab, j.ba} {
+			if d == nil {
+				continue
+			}
+			d.mu.Lock()
+			cancel := d.pollCancel
+			d.pollCancel = nil
+			d.mu.Unlock()
+			if cancel != nil && cancel() {
+				go d.copy() // its read fails now, which ends it
+			}
+		}
+	})
+}
 
 // end marks a direction finished; the second one ends the join.
 func (d *direction) end(err error) {
@@ -471,12 +519,39 @@ func (d *direction) copy() {
 // park waits for the source to become readable, then copies again.
 func (d *direction) park() {
 	if d.w.notify == nil {
-		go d.waitKernel()
+		if d.j.poll == nil || !d.parkPolled() {
+			go d.waitKernel()
+		}
 		return
 	}
 	d.mu.Lock()
 	d.stop = d.w.notify.NotifyReadable(func() { go d.resume() })
 	d.mu.Unlock()
+}
+
+// parkPolled waits for the kernel socket in the join's poller; false if
+// it cannot (the join is closing, or the poller refused).
+func (d *direction) parkPolled() bool {
+	rc, err := d.w.tcp.SyscallConn()
+	if err != nil {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.j.closing.Load() {
+		return false
+	}
+	cancel, err := d.j.poll.wait(rc, func() {
+		d.mu.Lock()
+		d.pollCancel = nil
+		d.mu.Unlock()
+		d.copy()
+	})
+	if err != nil {
+		return false
+	}
+	d.pollCancel = cancel
+	return true
 }
 
 func (d *direction) resume() {

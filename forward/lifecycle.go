@@ -34,12 +34,16 @@ type lifecycle struct {
 	listeners map[net.Listener]struct{}
 
 	live sessions
+	// poll waits for the quiet kernel sockets of this forwarder's joins;
+	// its goroutine starts with the first wait and ends in close.
+	poll *readyPoller
 }
 
 func (l *lifecycle) init(log *slog.Logger) {
 	l.log = log
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.listeners = make(map[net.Listener]struct{})
+	l.poll = newReadyPoller()
 }
 
 // up reports whether new work is taken.
@@ -204,6 +208,7 @@ func (l *lifecycle) close() {
 		l.live.shutdown()
 	}
 	l.wg.Wait()
+	l.poll.close() // every join has ended
 }
 
 // session is one proxied connection: the conns on both sides of it, closed

@@ -64,7 +64,7 @@ func (g *Gateway) forward(s *session, public net.Conn, t Tunnel) bool {
 		m = Meter{AToB: obs.In, BToA: obs.Out}
 	}
 	release := g.life.hold()
-	JoinThen(public, &statusConn{Conn: up}, g.cfg.Timeouts, m, func(res Joined) {
+	j := joinThen(public, &statusConn{Conn: up}, g.cfg.Timeouts, m, g.life.poll, func(res Joined) {
 		defer release()
 		defer g.life.live.end(s)
 		switch {
@@ -78,6 +78,8 @@ func (g *Gateway) forward(s *session, public net.Conn, t Tunnel) bool {
 			obs.Done()
 		}
 	})
+	// The session closes the connection through the join (joinThen).
+	s.add(j)
 	return true
 }
 
