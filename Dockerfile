@@ -16,10 +16,11 @@ FROM ${GO_IMAGE} AS build
 WORKDIR /src
 ENV CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
 # Modules first: a source change does not download them again. go.mod
-# replaces gvisor.dev/gvisor with third_party/gvisor, whose go.mod the
-# download needs.
+# replaces gvisor.dev/gvisor and golang.zx2c4.com/wireguard with copies in
+# third_party/, whose go.mod files the download needs.
 COPY go.mod go.sum ./
 COPY third_party/gvisor/go.mod third_party/gvisor/
+COPY third_party/wireguard/go.mod third_party/wireguard/
 RUN go mod download
 COPY . .
 ARG VERSION=dev

@@ -28,3 +28,5 @@ require (
 )
 
 replace gvisor.dev/gvisor => ./third_party/gvisor
+
+replace golang.zx2c4.com/wireguard => ./third_party/wireguard

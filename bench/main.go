@@ -645,7 +645,7 @@ func (b *bench) idleRun(run int, p string) error {
 		if anon, err := totalRSS(in.pids(), "RssAnon"); err == nil {
 			b.res.add("anon@0", p, anon/1e6)
 		}
-		b.progress("run %d/%d %-9s idle    %6d conns: RSS %.1f MB", run+1, o.runs, p, 0, rss/1e6)
+		b.progress("run %d/%d %-9s idle    %6d conns: RSS %.1f MB (%s)", run+1, o.runs, p, 0, rss/1e6, in.rssEach())
 	}
 	holder, err := startIdleHolder(in.addr)
 	if err != nil {
@@ -675,8 +675,8 @@ func (b *bench) idleRun(run int, p string) error {
 		if failed > 0 {
 			b.res.note("run %d, %s, %d idle connections: %d failed to open (first: %s)", run+1, p, n, failed, firstErr)
 		}
-		b.progress("run %d/%d %-9s idle    %6d conns: RSS %.1f MB (%d open, %d failed, opened in %.1fs)",
-			run+1, o.runs, p, n, rss/1e6, open, failed, opened.Seconds())
+		b.progress("run %d/%d %-9s idle    %6d conns: RSS %.1f MB (%s; %d open, %d failed, opened in %.1fs)",
+			run+1, o.runs, p, n, rss/1e6, in.rssEach(), open, failed, opened.Seconds())
 	}
 	return nil
 }

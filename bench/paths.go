@@ -114,6 +114,22 @@ func (in *instance) pids() []int {
 	return out
 }
 
+// rssEach names each process's VmRSS and RssAnon, for progress lines
+// that show where an RSS figure sits.
+func (in *instance) rssEach() string {
+	var parts []string
+	for _, p := range in.procs {
+		rss, err1 := statusBytes(p.pid(), "VmRSS")
+		anon, err2 := statusBytes(p.pid(), "RssAnon")
+		if err1 != nil || err2 != nil {
+			parts = append(parts, p.name+" ?")
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %.1f (anon %.1f)", p.name, float64(rss)/1e6, float64(anon)/1e6))
+	}
+	return strings.Join(parts, ", ")
+}
+
 // check reports a process that has died.
 func (in *instance) check() error {
 	for _, p := range in.procs {

@@ -113,7 +113,12 @@ func (c *Connector) handle(conn net.Conn) {
 		conn.Close()
 		return
 	}
-	defer c.life.live.end(s)
+	joined := false // then the join ends the session
+	defer func() {
+		if !joined {
+			c.life.live.end(s)
+		}
+	}()
 	if !s.add(conn) {
 		return
 	}
@@ -174,8 +179,17 @@ func (c *Connector) handle(conn net.Conn) {
 		return
 	}
 	_ = conn.SetWriteDeadline(time.Time{})
-	res := Join(pc, backend, c.cfg.Timeouts)
-	log.Debug("connection done", "backend", addr, "bytes_in", res.AToB, "bytes_out", res.BToA, "err", res.Err)
+	// The join ends the session; this goroutine ends now, with the stack it
+	// grew while dialling.
+	joined = true
+	release := c.life.hold()
+	j := joinThen(pc, backend, c.cfg.Timeouts, Meter{}, c.life.poll, func(res Joined) {
+		defer release()
+		defer c.life.live.end(s)
+		log.Debug("connection done", "backend", addr, "bytes_in", res.AToB, "bytes_out", res.BToA, "err", res.Err)
+	})
+	// The session closes the connection through the join (joinThen).
+	s.add(j)
 }
 
 // Live reports how many tunneled connections are open.

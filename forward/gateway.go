@@ -558,13 +558,24 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 	if !g.admit(&g.live, src, public, RejectConnections, RejectConnectionsPerSource) {
 		return
 	}
-	defer g.live.release(src)
 	s := &session{}
 	if !g.life.live.start(s) {
+		g.live.release(src)
 		public.Close()
 		return
 	}
-	defer g.life.live.end(s)
+	// The connection counts against the admission limits for as long as
+	// it lives: once joined, the join's end releases it.
+	ended := func() {
+		g.life.live.end(s)
+		g.live.release(src)
+	}
+	joined := false // then the join ends the session
+	defer func() {
+		if !joined {
+			ended()
+		}
+	}()
 	if !s.add(public) {
 		return
 	}
@@ -593,7 +604,7 @@ func (g *Gateway) handle(l *listener, public net.Conn) {
 	if answered {
 		return
 	}
-	g.forward(s, conn, t)
+	joined = g.forward(s, conn, t, ended)
 }
 
 // route picks the tunnel for a new connection. A port served by one "*"

@@ -70,12 +70,59 @@ type Meter struct {
 
 // JoinMetered is Join, reporting bytes to m as they are written.
 func JoinMetered(a, b net.Conn, t Timeouts, m Meter) Joined {
-	t = t.withDefaults()
-	j := &join{t: t}
-	j.touch()
 	if wa, wb := waiterOf(a), waiterOf(b); wa != nil && wb != nil {
-		return j.reactive(a, b, wa, wb, m)
+		res := make(chan Joined, 1)
+		newJoin(t).reactive(a, b, wa, wb, m, func(r Joined) { res <- r })
+		return <-res
 	}
+	return newJoin(t).goroutines(a, b, m)
+}
+
+// JoinThen is JoinMetered without waiting: it returns at once and calls
+// then, once, on a goroutine of its own, after both connections have
+// ended and been closed. Where both sides can be waited for without a
+// blocked read (see reactive), a quiet connection then holds no goroutine
+// of its caller's: what it costs while nothing moves is its state, and a
+// small goroutine per kernel socket waiting for readiness.
+func JoinThen(a, b net.Conn, t Timeouts, m Meter, then func(Joined)) {
+	joinThen(a, b, t, m, nil, then)
+}
+
+// joinThen is JoinThen; with a poller, a quiet kernel socket joined to a
+// connection that calls back (netstack's) is waited for by the poller
+// instead of a goroutine of its own. The poller forgets a socket closed
+// without telling it, so the caller must then close the connection through
+// the returned io.Closer (a session does), never one side alone.
+func joinThen(a, b net.Conn, t Timeouts, m Meter, poll *readyPoller, then func(Joined)) io.Closer {
+	j := newJoin(t)
+	if wa, wb := waiterOf(a), waiterOf(b); wa != nil && wb != nil {
+		if poll != nil && canPollReady && (wa.notify != nil) != (wb.notify != nil) {
+			j.poll = poll
+		}
+		j.reactive(a, b, wa, wb, m, then)
+		return j
+	}
+	j.a, j.b = a, b
+	go func() { then(j.goroutines(a, b, m)) }()
+	return j
+}
+
+// Close closes both connections; the join then ends as on any failure.
+func (j *join) Close() error {
+	j.closeBoth()
+	return nil
+}
+
+func newJoin(t Timeouts) *join {
+	j := &join{t: t.withDefaults()}
+	j.touch()
+	return j
+}
+
+// goroutines is the join for connections that cannot report readiness:
+// one goroutine per direction, each blocked in Read, for as long as the
+// connection lives.
+func (j *join) goroutines(a, b net.Conn, m Meter) Joined {
 	var wg sync.WaitGroup
 	var ba int64
 	var errBA error
@@ -97,14 +144,15 @@ type join struct {
 	halfClosed   atomic.Bool
 	failOnce     sync.Once
 
+	a, b net.Conn
 	// Reactive joins only (see reactive).
-	a, b     net.Conn
+	ab, ba   *direction
+	poll     *readyPoller // or nil: kernel sockets wait with a goroutine each
+	closing  atomic.Bool  // closeBoth ran: nothing may wait in poll any more
 	watchdog *time.Timer
 	idleErr  atomic.Bool // the watchdog closed the connection
-	kernel   chan *direction
-	busy     atomic.Bool // the joining goroutine is waiting for a kernel socket
 	ended    atomic.Int32
-	done     chan struct{}
+	then     func(Joined)
 }
 
 func (j *join) touch() { j.lastActivity.Store(time.Now().UnixNano()) }
@@ -271,16 +319,28 @@ func closeWrite(c net.Conn) error {
 // waits for its source to become readable:
 //   - a source that can call back (netstack's TCPConn: NotifyReadable)
 //     costs no goroutine at all while it waits;
-//   - a kernel TCP socket is waited for by the goroutine that called Join,
-//     which has to wait anyway (a second one gets a goroutine of its own).
+//   - a kernel TCP socket joined to such a connection, in the gateway and
+//     the connector, is waited for by their readyPoller (one epoll set and
+//     one goroutine for all of a forwarder's joins, poll_linux.go): an idle
+//     connection then holds no goroutine at all;
+//   - any other kernel TCP socket is waited for by a goroutine of its own,
+//     started for the wait (so its stack is the smallest Go has, not that
+//     of the goroutine that dialled), blocked in the runtime's poller
+//     without a buffer.
 // The copier always reads through the wrapper Join was given (PROXY
 // header, peeked bytes, status byte), and goes quiet only after a read
 // timed out with nothing read, so nothing the wrapper buffers is missed.
 // The idle and half-closed limits are kept by one timer per connection.
 
 // quietAfter is how long a direction goes without data before its copier
-// ends and it waits for readiness instead.
-const quietAfter = time.Second
+// ends and it waits for readiness instead. It is short because a copier
+// blocked in Read holds its goroutine's stack and buffer: a burst of new
+// connections, each sending a request and then sitting quiet, would
+// otherwise hold four copiers per connection for the whole period (with
+// one second, 1,000 connections opened within it held ~30 MB more at the
+// peak, which the processes keep). Waking a parked direction costs a
+// goroutine start and a readiness registration, a few microseconds.
+const quietAfter = 20 * time.Millisecond
 
 // readNotifier is a connection that can report readability without a
 // goroutine blocked in Read: netstack's TCPConn.
@@ -331,36 +391,33 @@ type direction struct {
 
 	readDeadline, writeDeadline time.Time
 
-	mu   sync.Mutex
-	stop func() // of a pending NotifyReadable
+	mu         sync.Mutex
+	stop       func()      // of a pending NotifyReadable
+	pollCancel func() bool // of a pending wait in the join's poller
 }
 
-func (j *join) reactive(a, b net.Conn, wa, wb *waiter, m Meter) Joined {
-	j.a, j.b = a, b
-	j.kernel = make(chan *direction, 2)
-	j.done = make(chan struct{})
-	ab := &direction{j: j, src: a, dst: b, w: wa, count: m.AToB}
-	ba := &direction{j: j, src: b, dst: a, w: wb, count: m.BToA}
+// reactive starts the join and returns; then gets the result once both
+// directions have ended, on the goroutine that ended the second.
+func (j *join) reactive(a, b net.Conn, wa, wb *waiter, m Meter, then func(Joined)) {
+	j.a, j.b, j.then = a, b, then
+	j.ab = &direction{j: j, src: a, dst: b, w: wa, count: m.AToB}
+	j.ba = &direction{j: j, src: b, dst: a, w: wb, count: m.BToA}
 	j.watchdog = time.AfterFunc(j.t.Idle, j.checkIdle)
 	// Both start copying: a wrapper may hold bytes already.
-	go ab.copy()
-	go ba.copy()
-	for {
-		select {
-		case d := <-j.kernel:
-			d.waitKernel()
-			j.busy.Store(false)
-		case <-j.done:
-			j.watchdog.Stop()
-			a.Close()
-			b.Close()
-			err := errors.Join(ab.err, ba.err)
-			if j.idleErr.Load() {
-				err = errors.Join(ErrIdle, err)
-			}
-			return Joined{AToB: ab.total, BToA: ba.total, Err: err}
-		}
+	go j.ab.copy()
+	go j.ba.copy()
+}
+
+// finish closes both connections and reports the result.
+func (j *join) finish() {
+	j.watchdog.Stop()
+	j.a.Close()
+	j.b.Close()
+	err := errors.Join(j.ab.err, j.ba.err)
+	if j.idleErr.Load() {
+		err = errors.Join(ErrIdle, err)
 	}
+	j.then(Joined{AToB: j.ab.total, BToA: j.ba.total, Err: err})
 }
 
 // checkIdle is the watchdog: it closes the connection once nothing has
@@ -376,13 +433,33 @@ func (j *join) checkIdle() {
 	j.closeBoth()
 }
 
-func (j *join) closeBoth() { j.failOnce.Do(func() { j.a.Close(); j.b.Close() }) }
+// closeBoth closes both connections once, and resumes a direction waiting
+// in the poller, which closing its socket would not wake.
+func (j *join) closeBoth() {
+	j.failOnce.Do(func() {
+		j.closing.Store(true)
+		j.a.Close()
+		j.b.Close()
+		for _, d := range []*direction{j.ab, j.ba} {
+			if d == nil {
+				continue
+			}
+			d.mu.Lock()
+			cancel := d.pollCancel
+			d.pollCancel = nil
+			d.mu.Unlock()
+			if cancel != nil && cancel() {
+				go d.copy() // its read fails now, which ends it
+			}
+		}
+	})
+}
 
 // end marks a direction finished; the second one ends the join.
 func (d *direction) end(err error) {
 	d.err = err
 	if d.j.ended.Add(1) == 2 {
-		close(d.j.done)
+		d.j.finish()
 	}
 }
 
@@ -472,16 +549,39 @@ func (d *direction) copy() {
 // park waits for the source to become readable, then copies again.
 func (d *direction) park() {
 	if d.w.notify == nil {
-		if d.j.busy.CompareAndSwap(false, true) {
-			d.j.kernel <- d // buffered: never blocks
-		} else {
-			go d.waitKernel() // two kernel sources: the second waits on its own
+		if d.j.poll == nil || !d.parkPolled() {
+			go d.waitKernel()
 		}
 		return
 	}
 	d.mu.Lock()
 	d.stop = d.w.notify.NotifyReadable(func() { go d.resume() })
 	d.mu.Unlock()
+}
+
+// parkPolled waits for the kernel socket in the join's poller; false if
+// it cannot (the join is closing, or the poller refused).
+func (d *direction) parkPolled() bool {
+	rc, err := d.w.tcp.SyscallConn()
+	if err != nil {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.j.closing.Load() {
+		return false
+	}
+	cancel, err := d.j.poll.wait(rc, func() {
+		d.mu.Lock()
+		d.pollCancel = nil
+		d.mu.Unlock()
+		d.copy()
+	})
+	if err != nil {
+		return false
+	}
+	d.pollCancel = cancel
+	return true
 }
 
 func (d *direction) resume() {
@@ -494,7 +594,7 @@ func (d *direction) resume() {
 }
 
 // waitKernel blocks until the kernel socket is readable (or closed), then
-// starts a copier.
+// copies on the same goroutine.
 func (d *direction) waitKernel() {
 	// The copier's deadline has passed; waiting must not see it. The
 	// watchdog bounds the wait instead, by closing the connection.
@@ -503,7 +603,7 @@ func (d *direction) waitKernel() {
 		return
 	}
 	waitReadable(d.w.tcp)
-	go d.copy()
+	d.copy()
 }
 
 var smallBuffers = sync.Pool{New: func() any { b := make([]byte, smallBufferSize); return &b }}

@@ -34,12 +34,16 @@ type lifecycle struct {
 	listeners map[net.Listener]struct{}
 
 	live sessions
+	// poll waits for the quiet kernel sockets of this forwarder's joins;
+	// its goroutine starts with the first wait and ends in close.
+	poll *readyPoller
 }
 
 func (l *lifecycle) init(log *slog.Logger) {
 	l.log = log
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.listeners = make(map[net.Listener]struct{})
+	l.poll = newReadyPoller()
 }
 
 // up reports whether new work is taken.
@@ -62,6 +66,15 @@ func (l *lifecycle) enter() bool {
 }
 
 func (l *lifecycle) leave() { l.wg.Done() }
+
+// hold counts work that outlives the handler starting it (a join that
+// calls back when done), so that Close waits for it too; the caller must
+// be counted itself (a handler of accept, or between enter and leave).
+// release must be called once.
+func (l *lifecycle) hold() (release func()) {
+	l.wg.Add(1)
+	return l.wg.Done
+}
 
 // serve accepts on ln until ln is closed or the forwarder stops, handling
 // each connection in a goroutine Close waits for. It owns ln: ln is closed
@@ -195,6 +208,7 @@ func (l *lifecycle) close() {
 		l.live.shutdown()
 	}
 	l.wg.Wait()
+	l.poll.close() // every join has ended
 }
 
 // session is one proxied connection: the conns on both sides of it, closed

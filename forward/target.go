@@ -19,8 +19,12 @@ import (
 // take the connection instead: a live client answers well within it.
 const failoverDialTimeout = 2 * time.Second
 
-// forward hands a routed public connection to the tunnel's client.
-func (g *Gateway) forward(s *session, public net.Conn, t Tunnel) {
+// forward hands a routed public connection to the tunnel's client. It
+// reports whether the connection was joined: then the join, not the
+// caller, calls ended (which ends the session and its admission) once the
+// connection is over, and the handling goroutine is free to end while the
+// connection lives on (its stack grew while it dialled through the tunnel).
+func (g *Gateway) forward(s *session, public net.Conn, t Tunnel, ended func()) bool {
 	log := g.log.With("tunnel", t.RouteKey(), "from", addrString(public.RemoteAddr()))
 	up, peer, err := g.dial(t)
 	if err != nil {
@@ -28,17 +32,17 @@ func (g *Gateway) forward(s *session, public net.Conn, t Tunnel) {
 		g.cfg.Rejected(RejectNoClient)
 		g.noteRefusal(t, "", RejectNoClient, err) // logged above
 		s.close()
-		return
+		return false
 	}
 	s.setClient(peer.ID)
 	if !s.add(up) {
-		return
+		return false
 	}
 	// A client removed or rotated while it was being dialled: its sessions
 	// were closed before this one was tagged with it.
 	if now, ok := g.cfg.Directory().Peer(peer.ID); !ok || now.Addr != peer.Addr || !now.Connected {
 		s.close()
-		return
+		return false
 	}
 	log = log.With("client", peer.ID)
 	req := Request{
@@ -52,28 +56,38 @@ func (g *Gateway) forward(s *session, public net.Conn, t Tunnel) {
 		log.Info("connection refused: sending request to client", "err", err)
 		g.cfg.Rejected(RejectNoClient)
 		s.close()
-		return
+		return false
 	}
 	_ = up.SetWriteDeadline(time.Time{})
 	var m Meter
+	var obs ConnObserver
 	if g.cfg.Observe != nil {
-		obs := g.cfg.Observe(t, peer.ID)
-		defer obs.Done()
+		obs = g.cfg.Observe(t, peer.ID)
 		m = Meter{AToB: obs.In, BToA: obs.Out}
 	}
-	res := JoinMetered(public, &statusConn{Conn: up}, g.cfg.Timeouts, m)
-	switch {
-	case errors.Is(res.Err, ErrUnknownService):
-		g.cfg.Rejected(RejectUnknownService)
-		g.refused(t, peer.ID, RejectUnknownService, res.Err)
-	case errors.Is(res.Err, ErrBackendUnreachable):
-		g.cfg.Rejected(RejectBackendUnreachable)
-		g.refused(t, peer.ID, RejectBackendUnreachable, res.Err)
-	case errors.Is(res.Err, ErrRefused):
-		g.cfg.Rejected(RejectClientRefused)
-		g.refused(t, peer.ID, RejectClientRefused, res.Err)
-	}
-	log.Debug("connection done", "bytes_in", res.AToB, "bytes_out", res.BToA, "err", res.Err)
+	release := g.life.hold()
+	j := joinThen(public, &statusConn{Conn: up}, g.cfg.Timeouts, m, g.life.poll, func(res Joined) {
+		defer release()
+		defer ended()
+		switch {
+		case errors.Is(res.Err, ErrUnknownService):
+			g.cfg.Rejected(RejectUnknownService)
+			g.refused(t, peer.ID, RejectUnknownService, res.Err)
+		case errors.Is(res.Err, ErrBackendUnreachable):
+			g.cfg.Rejected(RejectBackendUnreachable)
+			g.refused(t, peer.ID, RejectBackendUnreachable, res.Err)
+		case errors.Is(res.Err, ErrRefused):
+			g.cfg.Rejected(RejectClientRefused)
+			g.refused(t, peer.ID, RejectClientRefused, res.Err)
+		}
+		log.Debug("connection done", "bytes_in", res.AToB, "bytes_out", res.BToA, "err", res.Err)
+		if obs != nil {
+			obs.Done()
+		}
+	})
+	// The session closes the connection through the join (joinThen).
+	s.add(j)
+	return true
 }
 
 // dial reaches the first connected client of t that answers.

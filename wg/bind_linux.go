@@ -287,6 +287,12 @@ func listenUDP(network string, port int) (*udpSocket, int, error) {
 		s.rcvBuf, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF)
 		s.sndBuf, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF)
 	})
+	if s.rxOffload {
+		s.recv.gro = make([][]byte, groReads(batchSize))
+		for i := range s.recv.gro {
+			s.recv.gro[i] = make([]byte, maxPayload6)
+		}
+	}
 	got = s.conn.LocalAddr().(*net.UDPAddr).Port
 	return s, got, nil
 }
@@ -349,9 +355,17 @@ type recvState struct {
 	iovs  [batchSize]unix.Iovec
 	names [batchSize]unix.RawSockaddrInet6
 	oobs  [batchSize][oobSize]byte
-	// Per datagram as parsed from its header: length and GRO segment size.
+	// Per datagram as parsed from its header: length, GRO segment size and
+	// source.
 	lens, gso [batchSize]int
-	cache     [endpointCacheSize]*endpoint
+	eps       [batchSize]*endpoint
+	// gro are the buffers GRO reads land in: a coalesced datagram holds up
+	// to gsoMaxSegments packets, more than one of wireguard-go's buffers
+	// (one packet each, third_party/wireguard-changes) can take; each
+	// packet is copied out into one of those, as it would be when split
+	// in place. Allocated when the socket has GRO, touched only when used.
+	gro   [][]byte
+	cache [endpointCacheSize]*endpoint
 	// readFn is the recvmmsg call for RawConn.Read, made once so that no
 	// closure is allocated per call; want is its argument, got and err
 	// its results.
@@ -387,17 +401,18 @@ func groReads(bufs int) int { return max(1, bufs/gsoMaxSegments) }
 func (s *udpSocket) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 	r := &s.recv
 	n := len(bufs)
-	first := 0 // datagrams are read into bufs[first:first+want]
 	want := n
 	if s.rxOffload {
-		want = groReads(n)
-		first = n - want // read at the end, split towards the front
+		want = min(groReads(n), len(r.gro))
 	}
 	for i := range want {
-		j := first + i
+		into := bufs[i]
+		if s.rxOffload {
+			into = r.gro[i]
+		}
 		h := &r.hdrs[i].Hdr
-		r.iovs[i].Base = unsafe.SliceData(bufs[j])
-		r.iovs[i].SetLen(len(bufs[j]))
+		r.iovs[i].Base = unsafe.SliceData(into)
+		r.iovs[i].SetLen(len(into))
 		h.Iov = &r.iovs[i]
 		h.SetIovlen(1)
 		h.Name = (*byte)(unsafe.Pointer(&r.names[i]))
@@ -446,42 +461,35 @@ func (s *udpSocket) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (in
 				}
 			}
 		}
-		eps[first+i] = r.endpoint(&r.names[i], h.Namelen, src, ifindex)
+		r.eps[i] = r.endpoint(&r.names[i], h.Namelen, src, ifindex)
 	}
 	if !s.rxOffload {
 		for i := range got {
 			sizes[i] = r.lens[i]
+			eps[i] = r.eps[i]
 		}
 		return got, nil
 	}
-	// Split coalesced datagrams into one packet per buffer, front to back.
-	// Datagram i sits in bufs[first+i]; the packets of datagrams 0..i take
-	// at most gsoMaxSegments*(i+1) buffers, which with the read count
-	// above always stays below first+i+1: a packet never lands on a
-	// datagram not yet split (the last one of a datagram may land on its
-	// own buffer, moving down within it, after the others were copied out).
+	// Split coalesced datagrams into one packet per buffer. groReads keeps
+	// the packets of all datagrams within len(bufs).
 	out := 0
 	for i := range got {
-		own := first + i
-		src := bufs[own][:r.lens[i]]
-		ep := eps[own]
+		src := r.gro[i][:r.lens[i]]
 		seg := r.gso[i]
 		if seg <= 0 || seg > len(src) {
 			seg = max(len(src), 1)
 		}
 		for off := 0; off < len(src) || off == 0; off += seg {
-			if out > own {
-				// Only a kernel breaking its own segment limit gets here;
-				// drop the rest rather than overwrite unread datagrams.
+			if out == n {
+				// Only a kernel breaking its own segment limit gets here.
 				return out, nil
 			}
 			end := min(off+seg, len(src))
-			if out == own && off == 0 {
-				sizes[out] = end // already in place
-			} else {
-				sizes[out] = copy(bufs[out], src[off:end])
+			if end-off > len(bufs[out]) {
+				continue // larger than any packet of ours: dropped
 			}
-			eps[out] = ep
+			sizes[out] = copy(bufs[out], src[off:end])
+			eps[out] = r.eps[i]
 			out++
 		}
 	}

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
 )
 
 func openBind(t *testing.T) (*udpBind, []conn.ReceiveFunc, uint16) {
@@ -32,9 +33,10 @@ type received struct {
 }
 
 func receiveOnce(fn conn.ReceiveFunc) received {
+	// Buffers as wireguard-go hands them over: one packet each.
 	bufs := make([][]byte, batchSize)
 	for i := range bufs {
-		bufs[i] = make([]byte, 1<<16)
+		bufs[i] = make([]byte, device.MaxMessageSize)
 	}
 	sizes := make([]int, batchSize)
 	eps := make([]conn.Endpoint, batchSize)
