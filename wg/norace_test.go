@@ -1,0 +1,5 @@
+//go:build !race
+
+package wg
+
+const raceEnabled = false
