@@ -322,14 +322,19 @@ func (b *bench) run() error {
 	}
 	b.res.elapsed = time.Since(b.started)
 	b.res.pressureEnd = cpuPressure()
-	report := b.res.render(o)
+	return writeReport(b.res.render(o), o.out, b.progress)
+}
+
+// writeReport prints a report and, with -out, writes it to that file too.
+func writeReport(report, out string, progress func(format string, args ...any)) error {
 	fmt.Print(report)
-	if o.out != "" {
-		if err := os.WriteFile(o.out, []byte(report), 0o644); err != nil {
-			return err
-		}
-		b.progress("report written to %s", o.out)
+	if out == "" {
+		return nil
 	}
+	if err := os.WriteFile(out, []byte(report), 0o644); err != nil {
+		return err
+	}
+	progress("report written to %s", out)
 	return nil
 }
 

@@ -167,6 +167,32 @@ const (
 	baselineRateOfDirect = 0.166
 )
 
+// writeTargets writes a report's targets as a PASS/MISS table with the
+// count that pass, then its notes, through w.
+func writeTargets(w func(format string, args ...any), heading string, ts []target, notes []string) {
+	w("### %s\n\n| target | measured | result |\n|---|---|---|\n", heading)
+	pass, total := 0, 0
+	for _, t := range ts {
+		res := "not measured"
+		if t.ok {
+			total++
+			res = "MISS"
+			if t.pass {
+				res = "PASS"
+				pass++
+			}
+		}
+		w("| %s | %s | %s |\n", t.name, orDash(t.measured), res)
+	}
+	w("\n%d of %d measured targets pass.\n", pass, total)
+	if len(notes) > 0 {
+		w("\n### Notes\n\n")
+		for _, n := range notes {
+			w("- %s\n", strings.ReplaceAll(n, "\n", " "))
+		}
+	}
+}
+
 func (r *results) targets() []target {
 	var ts []target
 	med := func(metric, path string) (float64, bool) {
@@ -297,27 +323,8 @@ func (r *results) render(o *options) string {
 		w("\n")
 	}
 	w("%s", r.udpTable())
-	w("\n### Targets\n\n| target | measured | result |\n|---|---|---|\n")
-	pass, total := 0, 0
-	for _, t := range r.targets() {
-		res := "not measured"
-		if t.ok {
-			total++
-			res = "MISS"
-			if t.pass {
-				res = "PASS"
-				pass++
-			}
-		}
-		w("| %s | %s | %s |\n", t.name, orDash(t.measured), res)
-	}
-	w("\n%d of %d measured targets pass.\n", pass, total)
-	if len(r.notes) > 0 {
-		w("\n### Notes\n\n")
-		for _, n := range r.notes {
-			w("- %s\n", strings.ReplaceAll(n, "\n", " "))
-		}
-	}
+	w("\n")
+	writeTargets(w, "Targets", r.targets(), r.notes)
 	return b.String()
 }
 

@@ -337,15 +337,7 @@ func (w *wanBench) run() error {
 	}
 	w.b.res.elapsed = time.Since(w.started)
 	w.b.res.pressureEnd = cpuPressure()
-	report := w.render()
-	fmt.Print(report)
-	if o.out != "" {
-		if err := os.WriteFile(o.out, []byte(report), 0o644); err != nil {
-			return err
-		}
-		w.progress("report written to %s", o.out)
-	}
-	return nil
+	return writeReport(w.render(), o.out, w.progress)
 }
 
 func (w *wanBench) params(sc scenario) linkParams {

@@ -25,19 +25,13 @@ func wanRows(streams int) []row {
 	}
 }
 
-// wanTarget is one of the targets, for threshold against direct.
-type wanTarget struct {
-	name     string
-	measured string
-	pass, ok bool
-}
-
+// target is one of the targets, for threshold against direct.
 // near compares scenario settings given as floats.
 func near(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(1, math.Abs(b)) }
 
-// wanTargets computes the targets from the results. Throughput
+// targets computes the targets from the results. Throughput
 // targets need the link (100 Mbit/s) and its 30 ms scenarios.
-func wanTargets(scs []scenario, rate float64, res map[string]*results) []wanTarget {
+func wanTargets(scs []scenario, rate float64, res map[string]*results) []target {
 	find := func(rtt time.Duration, loss float64) *results {
 		if !near(rate, 100e6) {
 			return nil
@@ -49,9 +43,9 @@ func wanTargets(scs []scenario, rate float64, res map[string]*results) []wanTarg
 		}
 		return nil
 	}
-	var ts []wanTarget
+	var ts []target
 	ratio := func(r *results, metric string, min float64, name string) {
-		t := wanTarget{name: name}
+		t := target{name: name}
 		if r != nil {
 			a, ok1 := r.median(metric, "threshold")
 			b, ok2 := r.median(metric, "direct")
@@ -80,7 +74,7 @@ func wanTargets(scs []scenario, rate float64, res map[string]*results) []wanTarg
 	}
 	for _, s := range scs {
 		r := res[s.spec]
-		t := wanTarget{name: fmt.Sprintf("%s: round-trip p99 under a bulk download ≤ direct's", s.spec)}
+		t := target{name: fmt.Sprintf("%s: round-trip p99 under a bulk download ≤ direct's", s.spec)}
 		if r != nil {
 			a, ok1 := r.median(wRTTp99, "threshold")
 			b, ok2 := r.median(wRTTp99, "direct")
@@ -93,7 +87,7 @@ func wanTargets(scs []scenario, rate float64, res map[string]*results) []wanTarg
 	}
 	for _, s := range scs {
 		r := res[s.spec]
-		t := wanTarget{name: fmt.Sprintf("%s: 2 competing flows within 20%% (slower ≥ 0.8x faster)", s.spec)}
+		t := target{name: fmt.Sprintf("%s: 2 competing flows within 20%% (slower ≥ 0.8x faster)", s.spec)}
 		if r != nil {
 			if q, ok := r.median(wFairRatio, "threshold"); ok {
 				t.ok, t.pass = true, q >= 0.8
@@ -189,27 +183,7 @@ func (w *wanBench) render() string {
 		p("\n")
 	}
 
-	p("### Targets (threshold against direct, same run)\n\n| target | measured | result |\n|---|---|---|\n")
-	pass, total := 0, 0
-	for _, t := range wanTargets(wo.scenarios, wo.rate, w.res) {
-		res := "not measured"
-		if t.ok {
-			total++
-			res = "MISS"
-			if t.pass {
-				res = "PASS"
-				pass++
-			}
-		}
-		p("| %s | %s | %s |\n", t.name, orDash(t.measured), res)
-	}
-	p("\n%d of %d measured targets pass.\n", pass, total)
-	if len(w.notes) > 0 {
-		p("\n### Notes\n\n")
-		for _, n := range w.notes {
-			p("- %s\n", strings.ReplaceAll(n, "\n", " "))
-		}
-	}
+	writeTargets(p, "Targets (threshold against direct, same run)", wanTargets(wo.scenarios, wo.rate, w.res), w.notes)
 	return b.String()
 }
 
