@@ -49,7 +49,10 @@ type Options struct {
 	QueueLen int
 	// TCPSendBufferMax and TCPReceiveBufferMax cap the per-connection
 	// buffers; buffers start small and auto-tune up to these, so idle
-	// connections stay cheap. 4 MiB each by default.
+	// connections stay cheap. 16 MiB each by default: a 100 Mbit/s path
+	// at 100 ms holds 1.25 MB, and under loss both ends keep a window of
+	// holes on top of that (out of order, SACKed), which the 4 MiB of
+	// before capped at 30 ms and 1% loss.
 	TCPSendBufferMax    int
 	TCPReceiveBufferMax int
 	// CongestionControl is "bbr" (the default: paced, and it keeps its
@@ -64,7 +67,7 @@ type Options struct {
 const (
 	defaultMTU       = 1420
 	defaultQueueLen  = 4096
-	defaultTCPBufMax = 4 << 20
+	defaultTCPBufMax = 16 << 20
 	tcpBufMin        = 4 << 10
 	tcpBufDefault    = 64 << 10
 	timeWaitTimeout  = 5 * time.Second

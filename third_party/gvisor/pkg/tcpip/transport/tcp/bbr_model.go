@@ -52,10 +52,23 @@ func (m bbrMode) String() string {
 }
 
 const (
-	// bbrHighGain (2/ln 2) doubles the sending rate every round in startup.
-	bbrHighGain = 2.885
+	// bbrHighGain (4 ln 2, as the IETF draft since BBR v2) doubles the
+	// delivery rate every round in startup.
+	bbrHighGain = 2.77
+	// bbrStartupCwndGain bounds what startup keeps in flight to twice the
+	// BDP it has measured (the IETF draft's StartupCwndGain; v1 used the
+	// pacing gain, 2.89): the measured BDP trails the real one, so this
+	// is about what a one-BDP queue holds, where 2.89 overfilled it with
+	// a burst of tail drops.
+	bbrStartupCwndGain = 2.0
 	// bbrDrainGain drains in one round the queue startup built.
 	bbrDrainGain = 1 / bbrHighGain
+	// bbrDrainMaxRounds bounds probe-bw's draining phase: it lasts until
+	// what is in flight is down to the BDP (BBR v2's probe-bw DOWN), so
+	// that an estimate a few percent above the path's rate cannot build
+	// a standing queue from cycle to cycle, but no longer than this many
+	// min-RTTs.
+	bbrDrainMaxRounds = 4
 	// bbrCwndGain leaves room in the window for delayed and stretched ACKs.
 	bbrCwndGain = 2.0
 	// bbrBWFilterRounds is the max-bandwidth filter's window, in round trips.
@@ -247,7 +260,7 @@ func (m *bbrModel) init(mss, initialCwnd, maxCwnd int, srtt time.Duration, seed 
 func (m *bbrModel) enterStartup() {
 	m.mode = bbrStartup
 	m.pacingGain = bbrHighGain
-	m.cwndGain = bbrHighGain
+	m.cwndGain = bbrStartupCwndGain
 }
 
 func (m *bbrModel) enterProbeBW(now tcpip.MonotonicTime) {
@@ -357,7 +370,7 @@ func (m *bbrModel) onAck(a bbrAck) {
 	if m.mode == bbrStartup && m.filledPipe {
 		m.mode = bbrDrain
 		m.pacingGain = bbrDrainGain
-		m.cwndGain = bbrHighGain
+		m.cwndGain = bbrStartupCwndGain
 	}
 	if m.mode == bbrDrain && a.inflight <= m.inflightTarget(1) {
 		m.enterProbeBW(a.now)
@@ -397,7 +410,10 @@ func (m *bbrModel) isNextCyclePhase(now tcpip.MonotonicTime, priorInflight int) 
 	case g > 1:
 		return fullLength && priorInflight >= m.inflightTarget(g)
 	case g < 1:
-		return fullLength || priorInflight <= m.inflightTarget(1)
+		// Until the queue is gone, not for one round only (v1): one
+		// round at 0.75 drains what the probe before it added, but not
+		// what an estimate above the path's rate builds in cruise.
+		return priorInflight <= m.inflightTarget(1) || now.Sub(m.cycleStamp) > bbrDrainMaxRounds*m.minRTT
 	default:
 		return fullLength
 	}

@@ -1338,7 +1338,7 @@ func (e *Endpoint) ModerateRecvBuf(copied int) {
 		// in the immediate preceding RTT and some extra buffer for 16
 		// segments to account for variations.
 		// We multiply by 2 to account for packet losses.
-		rcvWnd = prevRTTCopied*2 + 16*int(e.amss)
+		rcvWnd = prevRTTCopied*rcvAutoCopiedFactor + 16*int(e.amss)
 
 		// Scale for slow start based on bytes copied in this RTT vs previous.
 		grow := (rcvWnd * (prevRTTCopied - prevCopied)) / prevCopied
@@ -3456,7 +3456,6 @@ func (e *Endpoint) computeTCPSendBufferSize() int64 {
 		return curSndBufSz
 	}
 
-	const packetOverheadFactor = 2
 	curMSS := e.snd.MaxPayloadSize
 	numSeg := InitialCwnd
 	if numSeg < e.snd.SndCwnd {
@@ -3467,7 +3466,7 @@ func (e *Endpoint) computeTCPSendBufferSize() int64 {
 	// that the sender can send upto #SndCwnd segments and the send buffer
 	// size should be set to SndCwnd*MSS to accommodate sending of all the
 	// segments.
-	newSndBufSz := int64(numSeg * curMSS * packetOverheadFactor)
+	newSndBufSz := int64(numSeg * curMSS * e.sndBufAutoFactor())
 	if newSndBufSz < curSndBufSz {
 		return curSndBufSz
 	}

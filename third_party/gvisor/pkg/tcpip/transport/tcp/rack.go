@@ -379,6 +379,9 @@ func (rc *rackControl) detectLoss(rcvTime tcpip.MonotonicTime) int {
 	var timeout time.Duration
 	numLost := 0
 	for seg := rc.snd.writeList.Front(); seg != nil && seg.xmitCount != 0; seg = seg.Next() {
+		if rc.detectLossDone(seg) {
+			break
+		}
 		if rc.snd.ep.scoreboard.IsSACKED(seg.sackBlock()) {
 			continue
 		}
