@@ -339,6 +339,26 @@ type idleSet struct {
 	conns    []net.Conn
 	errs     int
 	firstErr error
+	opened   atomic.Int64 // dials so far, for the source addresses
+}
+
+// idlePerSource is how many idle connections come from one loopback
+// source address. A threshold server admits 256 public connections per
+// source by default (MaxPublicConnectionsPerSource), so 1,000 idle users
+// must come from several addresses, as they would from the internet; all
+// of 127.0.0.0/8 is loopback.
+const idlePerSource = 200
+
+// idleSource is the local address of the i-th idle connection to a
+// loopback IPv4 addr: 127.0.0.2 for the first idlePerSource, then
+// 127.0.0.3, and so on (nil, the default, for any other addr).
+func idleSource(addr string, i int64) *net.TCPAddr {
+	host, _, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || ip.To4() == nil || !ip.IsLoopback() {
+		return nil
+	}
+	n := 2 + i/idlePerSource
+	return &net.TCPAddr{IP: net.IPv4(127, byte(n>>16), byte(n>>8), byte(n))}
 }
 
 // open adds connections until the set holds target of them (counting
@@ -372,7 +392,11 @@ func (s *idleSet) open(addr string, target, workers int, maxDur time.Duration) {
 }
 
 func (s *idleSet) openOne(addr string) (net.Conn, error) {
-	c, err := dial(addr)
+	d := net.Dialer{Timeout: dialTimeout}
+	if src := idleSource(addr, s.opened.Add(1)-1); src != nil {
+		d.LocalAddr = src
+	}
+	c, err := d.Dial("tcp", addr)
 	if err != nil {
 		return nil, err
 	}

@@ -37,6 +37,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/thresholdtunnel/threshold/forward"
 )
 
 type options struct {
@@ -391,7 +393,7 @@ func (b *bench) build() error {
 		} else {
 			b.res.build = "the binary given with -bin (" + bin + ")"
 		}
-		b.threshold = &thresholdPath{name: "threshold", bin: bin, dir: b.dir, env: b.opts.thresholdEnv}
+		b.threshold = &thresholdPath{name: "threshold", bin: bin, dir: b.dir, env: b.opts.thresholdEnv, maxPublic: b.opts.maxPublic()}
 		if len(b.opts.thresholdEnv) > 0 {
 			b.res.build += " (environment " + strings.Join(b.opts.thresholdEnv, " ") + ")"
 		}
@@ -401,7 +403,7 @@ func (b *bench) build() error {
 		if err != nil {
 			return err
 		}
-		b.before = &thresholdPath{name: "before", bin: bin, dir: b.dir}
+		b.before = &thresholdPath{name: "before", bin: bin, dir: b.dir, maxPublic: b.opts.maxPublic()}
 		b.res.peerInfo = append(b.res.peerInfo, "before: the threshold binary "+bin+" given with -before")
 	}
 	for _, p := range b.opts.peers {
@@ -739,4 +741,21 @@ func startPerf(dir, name string, pids []int) func() {
 			<-done
 		}
 	}
+}
+
+// maxPublic is the MaxPublicConnections the threshold servers need for the
+// largest idle count, or 0 when the server's default admits it (a -before
+// binary older than that setting then still starts).
+func (o *options) maxPublic() int {
+	largest := 0
+	if slices.Contains(o.tests, "idle") {
+		for _, n := range o.idle {
+			largest = max(largest, n)
+		}
+	}
+	// Room for the other tests' connections beside the idle ones.
+	if need := largest + 256; need > forward.DefaultMaxConnections {
+		return need
+	}
+	return 0
 }

@@ -229,6 +229,7 @@ type thresholdPath struct {
 	n            int     // instances started, for file names
 	server, home netHost // where the two processes run
 	serverIP     string  // the server's address as the client dials it; "" is 127.0.0.1
+	maxPublic    int     // MaxPublicConnections for the server; 0: its default
 }
 
 func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
@@ -270,6 +271,9 @@ func (t *thresholdPath) start(backendAddr string) (_ *instance, err error) {
 		"TunnelControlPort": tunnelPort, "ManagementPort": mgmtPort, "ManagementAddress": "127.0.0.1",
 		"PrivateKeyFile": filepath.Join(dir, "server.key"),
 		"Clients":        []map[string]string{{"ClientId": "bench", "PublicKey": clientKey.PublicKey().String()}},
+	}
+	if t.maxPublic > 0 {
+		serverCfg["MaxPublicConnections"] = t.maxPublic
 	}
 	clientCfg := map[string]any{
 		"ClientId": "bench", "ServerHost": serverIP, "ServerTunnelControlPort": tunnelPort,
