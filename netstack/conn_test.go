@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -194,5 +195,64 @@ func TestSetLingerZeroResets(t *testing.T) {
 	_, err = peer.Read(make([]byte, 1))
 	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("peer read after SetLinger(0) and Close: %v, want a reset", err)
+	}
+}
+
+// TestResetReadsAsECONNRESET: a connection the peer reset fails its Read
+// with an error that errors.Is(err, syscall.ECONNRESET) (gonet's errors
+// only had upstream's text), so forward.Join passes the reset on to the
+// kernel side instead of closing it cleanly.
+func TestResetReadsAsECONNRESET(t *testing.T) {
+	a, b, _ := pair(t)
+	ln, err := b.ListenTCP(netip.MustParseAddrPort("[::]:82"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 2)
+	go func() {
+		defer close(accepted)
+		for range 2 {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := a.DialTCP(ctx, netip.MustParseAddrPort("[fd00::2]:82"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	defer peer.Close()
+	if err := c.SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = peer.Read(make([]byte, 1))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("peer read after a reset: %v, want ECONNRESET", err)
+	}
+	// A clean end of stream is still io.EOF, not an errno.
+	c2, err := a.DialTCP(ctx, netip.MustParseAddrPort("[fd00::2]:82"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer2, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	defer peer2.Close()
+	c2.Close()
+	peer2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := peer2.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("peer read after a clean close: %v, want io.EOF", err)
 	}
 }

@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -288,4 +290,66 @@ func TestFailuresClosePromptly(t *testing.T) {
 	if st := srv.clients(t)["never"]; st.CurrentState != "ClientUnknown" {
 		t.Errorf("never-connected client state %q", st.CurrentState)
 	}
+}
+
+// TestResetsPassThrough: a reset at either end reaches the other end as a
+// reset, through both processes and the tunnel, not as a clean end of
+// stream (which a backend would take for a complete request, and which
+// for a tunneled connection first sends everything still buffered).
+func TestResetsPassThrough(t *testing.T) {
+	t.Parallel()
+	ck := newKey(t)
+	srv := startServer(t, map[string]wg.Key{"home": ck})
+	backend, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backend.Close()
+	startClient(t, srv, "home", ck, map[string]string{"svc": backend.Addr().String()})
+	srv.waitState(t, "home", "ClientConnected", 30*time.Second)
+	port := freePort(t, "tcp")
+	srv.mustPutTunnels(t, []tunnel{{ListenAddress: "127.0.0.1", ListenPort: port, BackEndService: "svc", ClientId: "home"}})
+
+	// open connects a user, sends a byte through and accepts its backend
+	// connection.
+	open := func() (user, back *net.TCPConn) {
+		t.Helper()
+		waitUntil(t, 10*time.Second, "the tunnel's port accepts", func() bool {
+			c, err := net.DialTimeout("tcp", tcpAddr(port), time.Second)
+			if err != nil {
+				return false
+			}
+			user = c.(*net.TCPConn)
+			return true
+		})
+		if _, err := user.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		backend.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
+		b, err := backend.Accept()
+		if err != nil {
+			t.Fatalf("backend accept: %v", err)
+		}
+		back = b.(*net.TCPConn)
+		back.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(back, make([]byte, 1)); err != nil {
+			t.Fatalf("backend read: %v", err)
+		}
+		return user, back
+	}
+	resetReaches := func(who string, from, to *net.TCPConn) {
+		t.Helper()
+		defer to.Close()
+		from.SetLinger(0)
+		from.Close()
+		to.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := to.Read(make([]byte, 1))
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("%s reset: the other end read %v, want ECONNRESET", who, err)
+		}
+	}
+	user, back := open()
+	resetReaches("backend", back, user)
+	user, back = open()
+	resetReaches("user", user, back)
 }

@@ -348,7 +348,7 @@ func commonRead(b []byte, ep tcpip.Endpoint, wq *waiter.Queue, deadline <-chan s
 	}
 
 	if err != nil {
-		return 0, errorer.newOpError("read", errors.New(err.String()))
+		return 0, errorer.newOpError("read", connError(err))
 	}
 
 	if addr != nil {
@@ -427,7 +427,7 @@ func (c *TCPConn) Write(b []byte) (int, error) {
 				}
 			}
 		default:
-			return nbytes, c.newOpError("write", errors.New(err.String()))
+			return nbytes, c.newOpError("write", connError(err))
 		}
 	}
 	return nbytes, nil
