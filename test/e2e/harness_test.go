@@ -9,11 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -60,37 +62,73 @@ var (
 	handed  = map[string]bool{}
 )
 
-// freePort returns a port the OS just had free, never the same one twice in
-// this test process, so parallel tests cannot collide with each other.
+// freePort returns a port free for network on every address, never the
+// same one twice in this test process, so parallel tests cannot collide
+// with each other. It takes ports outside the kernel's ephemeral range
+// (ip_local_port_range): a port the kernel just had free in that range can
+// be handed to any outgoing connection or ":0" listener (another test's,
+// or a threshold process's) before the test binds it, which failed CI
+// once with "address already in use".
 func freePort(t testing.TB, network string) int {
 	t.Helper()
 	portsMu.Lock()
 	defer portsMu.Unlock()
-	for range 100 {
-		var port int
-		if network == "udp" {
-			c, err := net.ListenPacket("udp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			port = c.LocalAddr().(*net.UDPAddr).Port
-			c.Close()
-		} else {
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			port = l.Addr().(*net.TCPAddr).Port
-			l.Close()
-		}
+	lo, hi := fixedPortRange()
+	n := hi - lo + 1
+	start := rand.IntN(n)
+	for i := range min(n, 2000) {
+		port := lo + (start+i)%n
 		key := fmt.Sprintf("%s/%d", network, port)
-		if !handed[key] {
-			handed[key] = true
-			return port
+		if handed[key] || !portFree(network, port) {
+			continue
+		}
+		handed[key] = true
+		return port
+	}
+	t.Fatalf("no free %s port found in %d-%d", network, lo, hi)
+	return 0
+}
+
+// fixedPortRange is a range of ports the kernel does not hand out by
+// itself: below the ephemeral range if there is room, else above it.
+func fixedPortRange() (lo, hi int) {
+	elo, ehi := 32768, 60999 // Linux's default
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if a, err1 := strconv.Atoi(f[0]); err1 == nil {
+				if z, err2 := strconv.Atoi(f[1]); err2 == nil {
+					elo, ehi = a, z
+				}
+			}
 		}
 	}
-	t.Fatal("no free port found")
-	return 0
+	switch {
+	case elo > 12000:
+		return 10000, elo - 1
+	case ehi < 63000:
+		return ehi + 1, 65535
+	}
+	return elo, ehi // no room outside it: take the race
+}
+
+// portFree reports whether port can be bound for network on all
+// addresses (which also fails when any single address holds it).
+func portFree(network string, port int) bool {
+	addr := fmt.Sprintf(":%d", port)
+	if network == "udp" {
+		c, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
 }
 
 // freePortBoth picks a port free for both TCP and UDP on loopback, for a
