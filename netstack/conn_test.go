@@ -158,41 +158,44 @@ func TestLinkBackPressure(t *testing.T) {
 	l.Close()
 }
 
+// connected dials n connections from a to b's port and returns each
+// dialled end with the end b accepted.
+func connected(t *testing.T, a, b *Stack, port uint16, n int) (dialled []*TCPConn, accepted []net.Conn) {
+	t.Helper()
+	ln, err := b.ListenTCP(netip.AddrPortFrom(netip.IPv6Unspecified(), port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for range n {
+		c, err := a.DialTCP(ctx, netip.AddrPortFrom(netip.MustParseAddr("fd00::2"), port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		peer, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close(); peer.Close() })
+		dialled, accepted = append(dialled, c), append(accepted, peer)
+	}
+	return dialled, accepted
+}
+
 // TestSetLingerZeroResets: SetLinger(0) makes Close abort the connection
 // (the peer's read fails at once) instead of ending it cleanly.
 func TestSetLingerZeroResets(t *testing.T) {
 	a, b, _ := pair(t)
-	ln, err := b.ListenTCP(netip.MustParseAddrPort("[::]:81"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := a.DialTCP(ctx, netip.MustParseAddrPort("[fd00::2]:81"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer, ok := <-accepted
-	if !ok {
-		t.Fatal("accept failed")
-	}
-	defer peer.Close()
+	cs, peers := connected(t, a, b, 81, 1)
+	c, peer := cs[0], peers[0]
 	if err := c.SetLinger(0); err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
 	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
-	_, err = peer.Read(make([]byte, 1))
+	_, err := peer.Read(make([]byte, 1))
 	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("peer read after SetLinger(0) and Close: %v, want a reset", err)
 	}
@@ -201,58 +204,22 @@ func TestSetLingerZeroResets(t *testing.T) {
 // TestResetReadsAsECONNRESET: a connection the peer reset fails its Read
 // with an error that errors.Is(err, syscall.ECONNRESET) (gonet's errors
 // only had upstream's text), so forward.Join passes the reset on to the
-// kernel side instead of closing it cleanly.
+// kernel side instead of closing it cleanly; a clean end of stream is
+// still io.EOF.
 func TestResetReadsAsECONNRESET(t *testing.T) {
 	a, b, _ := pair(t)
-	ln, err := b.ListenTCP(netip.MustParseAddrPort("[::]:82"))
-	if err != nil {
+	cs, peers := connected(t, a, b, 82, 2)
+	if err := cs[0].SetLinger(0); err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 2)
-	go func() {
-		defer close(accepted)
-		for range 2 {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- c
-		}
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := a.DialTCP(ctx, netip.MustParseAddrPort("[fd00::2]:82"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer, ok := <-accepted
-	if !ok {
-		t.Fatal("accept failed")
-	}
-	defer peer.Close()
-	if err := c.SetLinger(0); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
-	_, err = peer.Read(make([]byte, 1))
-	if !errors.Is(err, syscall.ECONNRESET) {
+	cs[0].Close()
+	peers[0].SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := peers[0].Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("peer read after a reset: %v, want ECONNRESET", err)
 	}
-	// A clean end of stream is still io.EOF, not an errno.
-	c2, err := a.DialTCP(ctx, netip.MustParseAddrPort("[fd00::2]:82"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer2, ok := <-accepted
-	if !ok {
-		t.Fatal("accept failed")
-	}
-	defer peer2.Close()
-	c2.Close()
-	peer2.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := peer2.Read(make([]byte, 1)); err != io.EOF {
+	cs[1].Close()
+	peers[1].SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := peers[1].Read(make([]byte, 1)); err != io.EOF {
 		t.Errorf("peer read after a clean close: %v, want io.EOF", err)
 	}
 }
