@@ -182,7 +182,7 @@ func (s *sender) schedulePTO() {
 	if s.rtt.TCPRTTState.SRTTInited && s.rtt.TCPRTTState.SRTT > 0 {
 		pto = s.rtt.TCPRTTState.SRTT * 2
 		if s.Outstanding == 1 {
-			pto += wcDelayedACKTimeout
+			pto += peerDelayedACKTimeout
 		}
 	}
 	s.rtt.Unlock()
