@@ -90,26 +90,37 @@ func uploadOn(c *net.TCPConn, dur time.Duration, maxBytes int64) (transfer, erro
 // a slow path could take longer than the test: what arrives later is not
 // counted, as in download.
 func uploadCounted(c *net.TCPConn, id uint64, count func() int64, dur time.Duration) (transfer, error) {
+	tr, _, err := uploadCountedSent(c, id, count, dur)
+	return tr, err
+}
+
+// uploadCountedSent is uploadCounted that also says how many bytes of
+// payload the connection took (a write cut by the deadline counts what it
+// took), which is what the backend counts in the end.
+func uploadCountedSent(c *net.TCPConn, id uint64, count func() int64, dur time.Duration) (transfer, int64, error) {
 	var hdr [9]byte
 	hdr[0] = modeCount
 	binary.BigEndian.PutUint64(hdr[1:], id)
 	_ = c.SetWriteDeadline(time.Now().Add(ioTimeout))
 	if _, err := c.Write(hdr[:]); err != nil {
-		return transfer{}, err
+		return transfer{}, 0, err
 	}
 	buf := make([]byte, clientBufSize)
 	start := time.Now()
 	end := start.Add(dur)
 	_ = c.SetWriteDeadline(end)
+	var sent int64
 	for time.Now().Before(end) {
-		if _, err := c.Write(buf); err != nil {
+		n, err := c.Write(buf)
+		sent += int64(n)
+		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				break
 			}
-			return transfer{}, fmt.Errorf("upload: %w", err)
+			return transfer{}, sent, fmt.Errorf("upload: %w", err)
 		}
 	}
-	return transfer{bytes: count(), start: start, elapsed: time.Since(start)}, nil
+	return transfer{bytes: count(), start: start, elapsed: time.Since(start)}, sent, nil
 }
 
 // download reads from the source for dur (or maxBytes), then hangs up.
