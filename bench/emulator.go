@@ -276,6 +276,7 @@ func runLink(args []string) int {
 		fmt.Fprintf(os.Stderr, "wan link: bad parameters (-a %q -b %q): %v\n", *a, *b, err)
 		return 2
 	}
+	fmt.Fprintf(os.Stderr, "wan link: started (%s, %s)\n", *a, *b)
 	rtErr := realtime()
 	if rtErr != nil {
 		fmt.Fprintln(os.Stderr, "wan link: no real-time priority, the machine's scheduling will show in the link's timing:", rtErr)
@@ -296,6 +297,7 @@ func runLink(args []string) int {
 		fmt.Fprintln(os.Stderr, "wan link:", err)
 		return 1
 	}
+	fmt.Fprintln(os.Stderr, "wan link: sockets bound")
 	base := time.Now()
 	dirs := []*direction{
 		{from: sa, to: sb, pump: newPump(p, *seed, inFlight), base: base},
@@ -396,6 +398,13 @@ type emulator struct {
 	log   string
 }
 
+// emulatorStartTimeout bounds the emulator's start (ip netns exec, two
+// sockets, its buffers). It takes milliseconds; but twice, while both
+// cores were busy compiling beside the bench, it missed 10 s with nothing
+// in its log, which voided a WAN run. The child now logs each step of its
+// start, so a next time says where it waits.
+const emulatorStartTimeout = 60 * time.Second
+
 // startEmulator bridges interfaces a and b of namespace ns with p in each
 // direction, and returns once the sockets are bound.
 func startEmulator(ns, a, b string, p linkParams, seed uint64, logPath string) (*emulator, error) {
@@ -450,9 +459,9 @@ func startEmulator(ns, a, b string, p linkParams, seed uint64, logPath string) (
 		}
 		e.kill()
 		return nil, fmt.Errorf("the WAN emulator did not start (said %q): %v\n%s", l, e.err, e.logTail())
-	case <-time.After(10 * time.Second):
+	case <-time.After(emulatorStartTimeout):
 		e.kill()
-		return nil, fmt.Errorf("the WAN emulator did not start within 10s\n%s", e.logTail())
+		return nil, fmt.Errorf("the WAN emulator did not start within %v\n%s", emulatorStartTimeout, e.logTail())
 	}
 }
 

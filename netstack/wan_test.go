@@ -19,7 +19,10 @@ type wanLink struct {
 	rate  float64       // bytes per second
 	queue time.Duration // the most a packet may wait behind the cap
 	seed  uint64
-	wg    sync.WaitGroup
+	// inspect, if set, sees every packet either stack sends, before loss;
+	// it is called from the two reading goroutines at once.
+	inspect func([]byte)
+	wg      sync.WaitGroup
 }
 
 type wanPacket struct {
@@ -57,6 +60,9 @@ func (l *wanLink) read(from *Stack, out chan<- wanPacket, seed uint64) {
 		}
 		now := time.Now()
 		for i := range n {
+			if l.inspect != nil {
+				l.inspect(bufs[i][:sizes[i]])
+			}
 			if rng.Float64() < l.loss {
 				continue
 			}
