@@ -310,6 +310,22 @@ func runLink(args []string) int {
 			d.free = append(d.free, &b)
 		}
 	}
+	// No garbage collection while bridging: the loops allocate nothing
+	// once their buffers exist, and a collection's stop-the-world would
+	// stop them (for as long as the thread finishing it waits for a CPU).
+	// The memory limit brings collection back should something allocate
+	// after all. Done before the loops start: three WAN runs were voided
+	// by a start that never got from "sockets bound" to "ready", where
+	// the loops' real-time threads were already running while this
+	// collection and ReadMemStats (both stop the world) waited for them;
+	// the most likely culprit, as nothing else there can block.
+	runtime.GC()
+	debug.SetGCPercent(-1)
+	debug.SetMemoryLimit(512 << 20)
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	gcBefore := ms.NumGC
+	fmt.Fprintln(os.Stderr, "wan link: heap settled")
 	var stop atomic.Bool
 	var wg sync.WaitGroup
 	for _, d := range dirs {
@@ -318,17 +334,6 @@ func runLink(args []string) int {
 		wg.Add(1)
 		go func() { defer wg.Done(); d.run(&stop) }()
 	}
-	// No garbage collection while bridging: the loops allocate nothing
-	// once their buffers exist, and a collection's stop-the-world would
-	// stop them (for as long as the thread finishing it waits for a CPU).
-	// The memory limit brings collection back should something allocate
-	// after all.
-	runtime.GC()
-	debug.SetGCPercent(-1)
-	debug.SetMemoryLimit(512 << 20)
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	gcBefore := ms.NumGC
 	fmt.Println("ready")
 	io.Copy(io.Discard, os.Stdin)
 	stop.Store(true)
