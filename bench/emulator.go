@@ -277,10 +277,6 @@ func runLink(args []string) int {
 		return 2
 	}
 	fmt.Fprintf(os.Stderr, "wan link: started (%s, %s)\n", *a, *b)
-	rtErr := realtime()
-	if rtErr != nil {
-		fmt.Fprintln(os.Stderr, "wan link: no real-time priority, the machine's scheduling will show in the link's timing:", rtErr)
-	}
 	// More Ps than goroutines that want one, so that a loop coming back
 	// from ppoll always finds its P (or an idle one) at once instead of
 	// waiting for another thread to give one back (with GOMAXPROCS 2 and
@@ -314,11 +310,12 @@ func runLink(args []string) int {
 	// once their buffers exist, and a collection's stop-the-world would
 	// stop them (for as long as the thread finishing it waits for a CPU).
 	// The memory limit brings collection back should something allocate
-	// after all. Done before the loops start: three WAN runs were voided
-	// by a start that never got from "sockets bound" to "ready", where
-	// the loops' real-time threads were already running while this
-	// collection and ReadMemStats (both stop the world) waited for them;
-	// the most likely culprit, as nothing else there can block.
+	// after all. Done before the threads go real-time: a collection (or
+	// ReadMemStats, GOMAXPROCS: all stop the world) among threads that
+	// all run SCHED_FIFO at one priority can wait forever, one thread
+	// spinning for another that cannot preempt it on its CPU. Four WAN
+	// runs were voided by a start stuck here ("sockets bound" logged,
+	// "heap settled" never) when this came after realtime().
 	runtime.GC()
 	debug.SetGCPercent(-1)
 	debug.SetMemoryLimit(512 << 20)
@@ -326,6 +323,10 @@ func runLink(args []string) int {
 	runtime.ReadMemStats(&ms)
 	gcBefore := ms.NumGC
 	fmt.Fprintln(os.Stderr, "wan link: heap settled")
+	rtErr := realtime()
+	if rtErr != nil {
+		fmt.Fprintln(os.Stderr, "wan link: no real-time priority, the machine's scheduling will show in the link's timing:", rtErr)
+	}
 	var stop atomic.Bool
 	var wg sync.WaitGroup
 	for _, d := range dirs {
@@ -342,6 +343,12 @@ func runLink(args []string) int {
 		if d.err != nil {
 			fmt.Fprintln(os.Stderr, "wan link:", d.err)
 			return 1
+		}
+	}
+	// Back to normal scheduling before stopping the world again (above).
+	if rtErr == nil {
+		if err := setScheduler(unix.SCHED_NORMAL, 0); err != nil {
+			fmt.Fprintln(os.Stderr, "wan link: leaving real-time priority:", err)
 		}
 	}
 	runtime.ReadMemStats(&ms)
@@ -362,7 +369,12 @@ func runLink(args []string) int {
 // loop (the bridging loops block in ppoll, and the kernel keeps 5% of each
 // second for others anyway).
 func realtime() error {
-	attr := &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: 10}
+	return setScheduler(unix.SCHED_FIFO, 10)
+}
+
+// setScheduler sets every thread of this process to policy and priority.
+func setScheduler(policy, priority uint32) error {
+	attr := &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: policy, Priority: priority}
 	// Twice: a thread started during the first pass may have missed it.
 	for range 2 {
 		tasks, err := os.ReadDir("/proc/self/task")
@@ -404,10 +416,9 @@ type emulator struct {
 }
 
 // emulatorStartTimeout bounds the emulator's start (ip netns exec, two
-// sockets, its buffers). It takes milliseconds; but twice, while both
-// cores were busy compiling beside the bench, it missed 10 s with nothing
-// in its log, which voided a WAN run. The child now logs each step of its
-// start, so a next time says where it waits.
+// sockets, its buffers), which takes milliseconds; generous, since a
+// start that misses it voids the run. The child logs each step of its
+// start, so a start that hangs says where (see runLink).
 const emulatorStartTimeout = 60 * time.Second
 
 // startEmulator bridges interfaces a and b of namespace ns with p in each
