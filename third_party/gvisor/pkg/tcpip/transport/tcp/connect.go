@@ -322,10 +322,7 @@ func (h *handshake) synSentState(s *segment) tcpip.Error {
 	// Parse the SYN options.
 	rcvSynOpts := parseSynSegmentOptions(s)
 
-	// Remember if the Timestamp option was negotiated: only if our SYN
-	// offered it (TCPTimestampsEnabled; RFC 7323 3.2 has a SYN-ACK's
-	// option ignored then).
-	rcvSynOpts.TS = rcvSynOpts.TS && h.sendSYNOpts.TS
+	// Remember if the Timestamp option was negotiated.
 	h.ep.maybeEnableTimestamp(rcvSynOpts)
 
 	// Remember if the SACKPermitted option was negotiated.
@@ -583,14 +580,10 @@ func (h *handshake) start() {
 		// status then just default to switching off SACK negotiation.
 		sackEnabled = false
 	}
-	tsEnabled := tcpip.TCPTimestampsEnabled(true)
-	if err := h.ep.stack.TransportProtocolOption(ProtocolNumber, &tsEnabled); err != nil {
-		tsEnabled = true
-	}
 
 	synOpts := header.TCPSynOptions{
 		WS:            h.rcvWndScale,
-		TS:            bool(tsEnabled),
+		TS:            true,
 		TSVal:         h.ep.tsValNow(),
 		TSEcr:         h.ep.recentTimestamp(),
 		SACKPermitted: bool(sackEnabled),
@@ -1058,7 +1051,7 @@ func (e *Endpoint) sendEmptyRaw(flags header.TCPFlags, seq, ack seqnum.Value, rc
 func (e *Endpoint) sendRaw(pkt *stack.PacketBuffer, flags header.TCPFlags, seq, ack seqnum.Value, rcvWnd seqnum.Size) tcpip.Error {
 	var sackBlocks []header.SACKBlock
 	if e.EndpointState() == StateEstablished && e.rcv.pendingRcvdSegments.Len() > 0 && (flags&header.TCPFlagAck != 0) {
-		sackBlocks = e.sackBlocksThatFit(e.sack.Blocks[:e.sack.NumBlocks], pkt.Data().Size())
+		sackBlocks = e.sack.Blocks[:e.sack.NumBlocks]
 	}
 	options := e.makeOptions(sackBlocks)
 	defer putOptions(options)

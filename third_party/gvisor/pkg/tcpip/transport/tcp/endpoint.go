@@ -3285,7 +3285,12 @@ func (e *Endpoint) maybeEnableSACKPermitted(synOpts header.TCPSynOptions) {
 //
 // +checklocks:e.mu
 func (e *Endpoint) maxOptionSize() (size int) {
-	return e.dataOptionSize()
+	var maxSackBlocks [header.TCPMaxSACKBlocks]header.SACKBlock
+	options := e.makeOptions(maxSackBlocks[:])
+	size = len(options)
+	putOptions(options)
+
+	return size
 }
 
 // completeStateLocked makes a full copy of the endpoint and returns it. This is

@@ -45,8 +45,9 @@ func parseTCP(p []byte) (tcpPacket, bool) {
 	return tcpPacket{ipLen: len(p), payload: len(tcp) - off, tcpOptions: tcp[20:off], fragment: frag}, true
 }
 
-// hasSACK reports whether TCP options hold a SACK block option.
-func hasSACK(opts []byte) bool {
+// hasOption reports whether TCP options hold an option of this kind
+// (5: SACK).
+func hasOption(opts []byte, kind byte) bool {
 	for i := 0; i < len(opts); {
 		switch opts[i] {
 		case 0:
@@ -58,7 +59,7 @@ func hasSACK(opts []byte) bool {
 		if i+1 >= len(opts) || opts[i+1] < 2 {
 			return false
 		}
-		if opts[i] == 5 {
+		if opts[i] == kind {
 			return true
 		}
 		i += int(opts[i+1])
@@ -66,65 +67,15 @@ func hasSACK(opts []byte) bool {
 	return false
 }
 
-// Bulk data fills the tunnel's MTU: segments are not sized for SACK blocks
-// they do not carry (upstream reserves 40 bytes of options on every
-// segment), and carry no timestamps (12 bytes), in both families.
-func TestSegmentsFillTheMTU(t *testing.T) {
-	a, b, l := pair(t)
-	for _, addr := range []string{"[fd00::2]:90", "192.0.2.2:91"} {
-		ap := netip.MustParseAddrPort(addr)
-		any := netip.IPv6Unspecified()
-		if ap.Addr().Is4() {
-			any = netip.IPv4Unspecified()
-		}
-		ln, err := b.ListenTCP(netip.AddrPortFrom(any, ap.Port()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan int64)
-		go func() {
-			c, err := ln.Accept()
-			if err != nil {
-				done <- 0
-				return
-			}
-			n, _ := io.Copy(io.Discard, c)
-			c.Close()
-			done <- n
-		}()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		c, err := a.DialTCP(ctx, ap)
-		cancel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		l.mu.Lock()
-		l.maxPacket = 0
-		l.mu.Unlock()
-		if _, err := c.Write(make([]byte, 4<<20)); err != nil {
-			t.Fatal(err)
-		}
-		c.Close()
-		if n := <-done; n != 4<<20 {
-			t.Fatalf("%s: %d bytes arrived, want %d", addr, n, 4<<20)
-		}
-		ln.Close()
-		l.mu.Lock()
-		got := l.maxPacket
-		l.mu.Unlock()
-		if got != defaultMTU {
-			t.Errorf("%s: largest packet %d bytes, want the MTU, %d", addr, got, defaultMTU)
-		}
-	}
-}
-
-// A data segment carries SACK blocks only where they fit under the MSS:
-// with data both ways and losses, so that each end holds out-of-order
-// data while it sends, no packet exceeds the MTU or is fragmented, and
-// full-size segments carry no options at all.
-func TestSACKBlocksNeverTakeASegmentOverTheMTU(t *testing.T) {
+// Data both ways over a lossy link, so that each end holds out-of-order
+// data while it sends and its data segments carry SACK blocks: every
+// byte arrives without a stall (the deadline), and no packet exceeds the
+// MTU or is fragmented. Two changes that made TCP segments fuller (data
+// segments sized without room for SACK blocks, and no TCP timestamps)
+// were dropped after this test stalled with them (see BENCHMARKS.md).
+func TestDataBothWaysUnderLoss(t *testing.T) {
 	var mu sync.Mutex
-	var over, frags, full, fullWithOptions, sackACKs int
+	var over, frags, data, sackACKs int
 	link := &wanLink{delay: 2 * time.Millisecond, loss: 0.02, rate: 100e6 / 8, queue: 20 * time.Millisecond, seed: 3,
 		inspect: func(p []byte) {
 			tp, ok := parseTCP(p)
@@ -138,13 +89,11 @@ func TestSACKBlocksNeverTakeASegmentOverTheMTU(t *testing.T) {
 				frags++
 			case tp.ipLen > defaultMTU:
 				over++
-			case tp.ipLen == defaultMTU:
-				full++
-				if len(tp.tcpOptions) > 0 {
-					fullWithOptions++
-				}
 			}
-			if tp.payload == 0 && hasSACK(tp.tcpOptions) {
+			if tp.payload > 0 {
+				data++
+			}
+			if tp.payload == 0 && hasOption(tp.tcpOptions, 5) {
 				sackACKs++
 			}
 		}}
@@ -208,14 +157,11 @@ func TestSACKBlocksNeverTakeASegmentOverTheMTU(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	t.Logf("full-size packets %d (%d with options), over the MTU %d, fragments %d, pure ACKs with SACK blocks %d", full, fullWithOptions, over, frags, sackACKs)
+	t.Logf("data segments %d, over the MTU %d, fragments %d, pure ACKs with SACK blocks %d", data, over, frags, sackACKs)
 	if over > 0 || frags > 0 {
 		t.Errorf("%d packets over the MTU and %d fragments; want none", over, frags)
 	}
-	if fullWithOptions > 0 {
-		t.Errorf("%d full-size segments carry options; want none (no timestamps, no SACK blocks that do not fit)", fullWithOptions)
-	}
-	if full == 0 || sackACKs == 0 {
-		t.Errorf("%d full-size segments, %d ACKs with SACK blocks: the test did not load both ways with losses", full, sackACKs)
+	if data == 0 || sackACKs == 0 {
+		t.Errorf("%d data segments, %d ACKs with SACK blocks: the test did not load both ways with losses", data, sackACKs)
 	}
 }
