@@ -3285,12 +3285,7 @@ func (e *Endpoint) maybeEnableSACKPermitted(synOpts header.TCPSynOptions) {
 //
 // +checklocks:e.mu
 func (e *Endpoint) maxOptionSize() (size int) {
-	var maxSackBlocks [header.TCPMaxSACKBlocks]header.SACKBlock
-	options := e.makeOptions(maxSackBlocks[:])
-	size = len(options)
-	putOptions(options)
-
-	return size
+	return e.dataOptionSize()
 }
 
 // completeStateLocked makes a full copy of the endpoint and returns it. This is
