@@ -100,19 +100,7 @@ func TestDataBothWaysUnderLoss(t *testing.T) {
 				sackACKs++
 			}
 		}}
-	a, err := New(Options{Addresses: []netip.Addr{netip.MustParseAddr("192.0.2.1")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := New(Options{Addresses: []netip.Addr{netip.MustParseAddr("192.0.2.2")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	link.start(t, a, b)
-	ln, err := b.ListenTCP(netip.MustParseAddrPort("0.0.0.0:80"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, ln := wanPair(t, "", link)
 	defer ln.Close()
 	const size = 2 << 20
 	errs := make(chan error, 4)
@@ -175,15 +163,7 @@ func TestDataBothWaysUnderLoss(t *testing.T) {
 func TestSegmentsFillTheMTU(t *testing.T) {
 	a, b, l := pair(t)
 	for _, addr := range []string{"[fd00::2]:90", "192.0.2.2:91"} {
-		ap := netip.MustParseAddrPort(addr)
-		any := netip.IPv6Unspecified()
-		if ap.Addr().Is4() {
-			any = netip.IPv4Unspecified()
-		}
-		ln, err := b.ListenTCP(netip.AddrPortFrom(any, ap.Port()))
-		if err != nil {
-			t.Fatal(err)
-		}
+		ap, ln := listenAt(t, b, addr)
 		done := make(chan int64)
 		go func() {
 			c, err := ln.Accept()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/netip"
 	"runtime"
 	"strings"
@@ -66,18 +67,26 @@ func pair(t *testing.T) (*Stack, *Stack, *pumpLink) {
 	return a, b, l
 }
 
+// listenAt listens on s at addr's port, on the unspecified address of
+// addr's family, and returns addr parsed.
+func listenAt(t *testing.T, s *Stack, addr string) (netip.AddrPort, net.Listener) {
+	t.Helper()
+	ap := netip.MustParseAddrPort(addr)
+	any := netip.IPv6Unspecified()
+	if ap.Addr().Is4() {
+		any = netip.IPv4Unspecified()
+	}
+	ln, err := s.ListenTCP(netip.AddrPortFrom(any, ap.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ap, ln
+}
+
 func TestTCPBothFamiliesAndBatching(t *testing.T) {
 	a, b, l := pair(t)
 	for _, addr := range []string{"[fd00::2]:80", "192.0.2.2:81"} {
-		ap := netip.MustParseAddrPort(addr)
-		any := netip.IPv6Unspecified()
-		if ap.Addr().Is4() {
-			any = netip.IPv4Unspecified()
-		}
-		ln, err := b.ListenTCP(netip.AddrPortFrom(any, ap.Port()))
-		if err != nil {
-			t.Fatal(err)
-		}
+		ap, ln := listenAt(t, b, addr)
 		const size = 4 << 20
 		done := make(chan []byte, 1)
 		go func() {

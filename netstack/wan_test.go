@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"sync"
 	"testing"
@@ -116,10 +117,10 @@ func (l *wanLink) deliver(in <-chan wanPacket, to *Stack) {
 	}
 }
 
-// wanThroughput moves data one way for d over a wanLink between two stacks
-// running congestion control cc, and returns the receiver's goodput in
-// bytes per second.
-func wanThroughput(t *testing.T, cc string, link *wanLink, d time.Duration) float64 {
+// wanPair joins two stacks, 192.0.2.1 and .2, running congestion control
+// cc ("" for the default) through link, and listens on port 80 of the
+// second.
+func wanPair(t *testing.T, cc string, link *wanLink) (*Stack, net.Listener) {
 	t.Helper()
 	a, err := New(Options{Addresses: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, CongestionControl: cc})
 	if err != nil {
@@ -134,6 +135,15 @@ func wanThroughput(t *testing.T, cc string, link *wanLink, d time.Duration) floa
 	if err != nil {
 		t.Fatal(err)
 	}
+	return a, ln
+}
+
+// wanThroughput moves data one way for d over a wanLink between two stacks
+// running congestion control cc, and returns the receiver's goodput in
+// bytes per second.
+func wanThroughput(t *testing.T, cc string, link *wanLink, d time.Duration) float64 {
+	t.Helper()
+	a, ln := wanPair(t, cc, link)
 	defer ln.Close()
 	got := make(chan int64, 1)
 	go func() {
