@@ -146,7 +146,12 @@ func parseWAN(o *options, w *wanOptions, set map[string]bool, paths, tests strin
 		def("runs", func() { o.runs = 1 })
 		def("bulk", func() { o.bulk = 2 * time.Second })
 	}
-	def("paths", func() { paths = strings.Join(allWANPaths, ",") })
+	def("paths", func() {
+		paths = strings.Join(allWANPaths, ",")
+		if o.beforeBin != "" {
+			paths += ",before"
+		}
+	})
 	def("tests", func() { tests = strings.Join(allWANTests, ",") })
 	if o.runs < 1 || o.runs > 100 {
 		return fmt.Errorf("-runs %d out of range 1-100", o.runs)
@@ -172,7 +177,12 @@ func parseWAN(o *options, w *wanOptions, set map[string]bool, paths, tests strin
 		return fmt.Errorf("-hold %s out of range 0-1h", w.hold)
 	}
 	w.warm = time.Second
-	if o.paths, err = pickList(paths, allWANPaths); err != nil {
+	known := slices.Clone(allWANPaths)
+	if o.beforeBin != "" {
+		// The build to compare against, side by side in the same run.
+		known = append(known, "before")
+	}
+	if o.paths, err = pickList(paths, known); err != nil {
 		return fmt.Errorf("-paths: %w", err)
 	}
 	if !slices.Contains(o.paths, "direct") {
@@ -323,6 +333,11 @@ func (w *wanBench) run() error {
 		t := w.b.threshold
 		t.server, t.home, t.serverIP = w.topo.srv, w.topo.home, wanSrvIP
 		w.tunnels["threshold"] = t
+	}
+	if w.b.before != nil {
+		t := w.b.before
+		t.server, t.home, t.serverIP = w.topo.srv, w.topo.home, wanSrvIP
+		w.tunnels["before"] = t
 	}
 
 	if w.w.hold > 0 {

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
 )
 
 // tcpPacket is what the segment-size tests read from an IP packet.
@@ -73,12 +75,17 @@ func hasOption(opts []byte, kind byte) bool {
 // MTU or is fragmented; with data segments sized for the options they
 // usually carry, a SACK block never takes one over the MTU (it is left
 // off full segments; with that trim undone, 2,274 of 3,436 data packets
-// went over). No
-// TCP timestamps inside the tunnel was tried and dropped after this test
-// stalled with it (BENCHMARKS.md, "Full segments").
+// went over).
+//
+// The stacks offer no TCP timestamps, so the RTO's RTT comes from send
+// times: no segment carries the option, and the smoothed RTT stays near
+// the link's (4 ms plus at most 20 ms of queue each way). With upstream's
+// sampling (one segment timed per round trip, its first send kept when it
+// was lost and resent) SRTT climbed to 190-640 ms here, the RTO to 5 s,
+// and the transfer stalled until the deadline in 1-2 runs of 3.
 func TestDataBothWaysUnderLoss(t *testing.T) {
 	var mu sync.Mutex
-	var over, frags, data, sackACKs int
+	var over, frags, data, sackACKs, stamped int
 	link := &wanLink{delay: 2 * time.Millisecond, loss: 0.02, rate: 100e6 / 8, queue: 20 * time.Millisecond, seed: 3,
 		inspect: func(p []byte) {
 			tp, ok := parseTCP(p)
@@ -99,11 +106,15 @@ func TestDataBothWaysUnderLoss(t *testing.T) {
 			if tp.payload == 0 && hasOption(tp.tcpOptions, 5) {
 				sackACKs++
 			}
+			if hasOption(tp.tcpOptions, 8) {
+				stamped++
+			}
 		}}
 	a, ln := wanPair(t, "", link)
 	defer ln.Close()
 	const size = 2 << 20
 	errs := make(chan error, 4)
+	accepted := make(chan *TCPConn, 1)
 	both := func(c interface {
 		io.ReadWriteCloser
 		CloseWrite() error
@@ -131,6 +142,7 @@ func TestDataBothWaysUnderLoss(t *testing.T) {
 			return
 		}
 		c.SetDeadline(time.Now().Add(30 * time.Second))
+		accepted <- c.(*TCPConn)
 		both(c.(*TCPConn))
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -141,14 +153,37 @@ func TestDataBothWaysUnderLoss(t *testing.T) {
 	}
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	both(c)
-	for range 4 {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
+	ends := []*TCPConn{c}
+	var maxSRTT time.Duration
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for pending := 4; pending > 0; {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+			pending--
+		case b := <-accepted:
+			ends = append(ends, b)
+		case <-tick.C:
+			for _, e := range ends {
+				var info tcpip.TCPInfoOption
+				if err := e.ep.GetSockOpt(&info); err == nil {
+					maxSRTT = max(maxSRTT, info.RTT)
+				}
+			}
 		}
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	t.Logf("data segments %d, over the MTU %d, fragments %d, pure ACKs with SACK blocks %d", data, over, frags, sackACKs)
+	t.Logf("data segments %d, over the MTU %d, fragments %d, pure ACKs with SACK blocks %d, with timestamps %d; largest SRTT %v", data, over, frags, sackACKs, stamped, maxSRTT)
+	if stamped > 0 {
+		t.Errorf("%d segments carry TCP timestamps; want none between our stacks", stamped)
+	}
+	if maxSRTT == 0 || maxSRTT > 60*time.Millisecond {
+		t.Errorf("largest smoothed RTT %v; want some, below 60 ms (the link's is 4-44 ms)", maxSRTT)
+	}
 	if over > 0 || frags > 0 {
 		t.Errorf("%d packets over the MTU and %d fragments; want none", over, frags)
 	}

@@ -322,7 +322,10 @@ func (h *handshake) synSentState(s *segment) tcpip.Error {
 	// Parse the SYN options.
 	rcvSynOpts := parseSynSegmentOptions(s)
 
-	// Remember if the Timestamp option was negotiated.
+	// Remember if the Timestamp option was negotiated: only if our SYN
+	// offered it (TCPTimestampsEnabled; RFC 7323 3.2 has a SYN-ACK's
+	// option ignored then).
+	rcvSynOpts.TS = rcvSynOpts.TS && h.sendSYNOpts.TS
 	h.ep.maybeEnableTimestamp(rcvSynOpts)
 
 	// Remember if the SACKPermitted option was negotiated.
@@ -580,10 +583,14 @@ func (h *handshake) start() {
 		// status then just default to switching off SACK negotiation.
 		sackEnabled = false
 	}
+	tsEnabled := tcpip.TCPTimestampsEnabled(true)
+	if err := h.ep.stack.TransportProtocolOption(ProtocolNumber, &tsEnabled); err != nil {
+		tsEnabled = true
+	}
 
 	synOpts := header.TCPSynOptions{
 		WS:            h.rcvWndScale,
-		TS:            true,
+		TS:            bool(tsEnabled),
 		TSVal:         h.ep.tsValNow(),
 		TSEcr:         h.ep.recentTimestamp(),
 		SACKPermitted: bool(sackEnabled),

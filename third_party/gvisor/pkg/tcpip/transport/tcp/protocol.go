@@ -94,6 +94,8 @@ type protocol struct {
 	// +checklocks:mu
 	sackEnabled bool
 	// +checklocks:mu
+	noTimestamps bool // tcpip.TCPTimestampsEnabled, inverted: on by default
+	// +checklocks:mu
 	recovery tcpip.TCPRecovery
 	// +checklocks:mu
 	delayEnabled bool
@@ -287,6 +289,12 @@ func (p *protocol) SetOption(option tcpip.SettableTransportProtocolOption) tcpip
 		p.mu.Unlock()
 		return nil
 
+	case *tcpip.TCPTimestampsEnabled:
+		p.mu.Lock()
+		p.noTimestamps = !bool(*v)
+		p.mu.Unlock()
+		return nil
+
 	case *tcpip.TCPRecovery:
 		p.mu.Lock()
 		p.recovery = *v
@@ -423,6 +431,12 @@ func (p *protocol) Option(option tcpip.GettableTransportProtocolOption) tcpip.Er
 	case *tcpip.TCPSACKEnabled:
 		p.mu.RLock()
 		*v = tcpip.TCPSACKEnabled(p.sackEnabled)
+		p.mu.RUnlock()
+		return nil
+
+	case *tcpip.TCPTimestampsEnabled:
+		p.mu.RLock()
+		*v = tcpip.TCPTimestampsEnabled(!p.noTimestamps)
 		p.mu.RUnlock()
 		return nil
 

@@ -102,6 +102,9 @@ type lossRecovery interface {
 // +checklocksalias:rc.snd.ep.mu=ep.mu
 // +stateify savable
 type sender struct {
+	// karn is the RTT evidence of the ACK being processed (rtt_karn.go).
+	karn karnSample `state:"nosave"`
+
 	// +checklocks:ep.mu
 	TCPSenderState
 
@@ -1404,6 +1407,7 @@ func (s *sender) walkSACK(rcvdSeg *segment) bool {
 				s.rc.detectReorder(seg)
 				seg.acked = true
 				s.rateDelivered(seg, rcvdSeg.rcvdTime)
+				s.karnSACKed(seg)
 				s.SackedOut += s.pCount(seg, s.MaxPayloadSize)
 			}
 			seg = seg.Next()
@@ -1551,16 +1555,9 @@ func (s *sender) inRecovery() bool {
 func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 	bestRTT := unknownRTT
 
-	// Check if we can extract an RTT measurement from this ack. Measure against
-	// the ACK's ingress time (rcvdSeg.rcvdTime), not the current clock: if the
-	// ACK was delayed inside the stack before being processed (e.g. queued while
-	// the application held the endpoint lock during a Write), using the
-	// processing time would inflate the RTT sample and thus SRTT/RTO.
-	if !rcvdSeg.parsedOptions.TS && s.RTTMeasureSeqNum.LessThan(rcvdSeg.ackNumber) {
-		bestRTT = rcvdSeg.rcvdTime.Sub(s.RTTMeasureTime)
-		s.updateRTO(bestRTT)
-		s.RTTMeasureSeqNum = s.SndNxt
-	}
+	// Without timestamps, the RTT is sampled from the send times of the
+	// segments this ACK acknowledges (rtt_karn.go).
+	s.karnReset()
 
 	// Update Timestamp if required. See RFC7323, section-4.3.
 	if s.ep.SendTSOk && rcvdSeg.parsedOptions.TS {
@@ -1703,6 +1700,7 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 			if !seg.acked {
 				s.rateDelivered(seg, rcvdSeg.rcvdTime)
 			}
+			s.karnAcked(seg)
 			if datalen > ackLeft {
 				prevCount := s.pCount(seg, s.MaxPayloadSize)
 				seg.TrimFront(ackLeft)
@@ -1733,6 +1731,16 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 			}
 			seg.DecRef()
 			ackLeft -= datalen
+		}
+
+		// Measure against the ACK's ingress time (rcvdSeg.rcvdTime), not
+		// the current clock, as for timestamps below.
+		if !rcvdSeg.parsedOptions.TS {
+			if rtt, ok := s.karnRTT(rcvdSeg.rcvdTime); ok {
+				bestRTT = rtt
+				s.updateRTO(rtt)
+				s.resendTimer.enable(s.RTO)
+			}
 		}
 
 		// Clear SACK information for all acked data.
