@@ -63,6 +63,11 @@ func TestParseWANOptions(t *testing.T) {
 		strings.Join(o.tests, ",") != "up,fair" || o.wan.scenarios[0].loss != 0.02 || o.wan.rate != 20e6 || o.wan.queue != 100*time.Millisecond {
 		t.Errorf("quick with flags: %+v %+v", o, o.wan)
 	}
+	// -before adds the earlier build as a path of its own, by default too.
+	o, err = parseOptions([]string{"-wan", "-before", "/bin/true"})
+	if err != nil || strings.Join(o.paths, ",") != "direct,threshold,before" {
+		t.Errorf("-wan -before: paths %v, %v", o.paths, err)
+	}
 	// The loopback bench is unchanged without -wan.
 	if o, err := parseOptions(nil); err != nil || o.wan != nil || o.runs != 5 || o.streams != 8 {
 		t.Errorf("loopback defaults: %+v, %v", o, err)
@@ -72,6 +77,7 @@ func TestParseWANOptions(t *testing.T) {
 		{"-wan", "-idle", "100"},          // loopback-only flag with -wan
 		{"-wan", "-tests", "rate"},        // a loopback test
 		{"-wan", "-paths", "stock"},       // not a WAN path
+		{"-wan", "-paths", "before"},      // no -before build
 		{"-wan", "-bulk", "100ms"},        // too short to leave slow start
 		{"-wan", "-link-rate", "0"},       // no such link
 		{"-wan", "-queue", "0s"},          // no queue
