@@ -1734,12 +1734,16 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 		}
 
 		// Measure against the ACK's ingress time (rcvdSeg.rcvdTime), not
-		// the current clock, as for timestamps below.
+		// the current clock, as for timestamps above. The timer was
+		// re-armed above with the RTO before this sample: re-arm it with
+		// the new one, unless a tail loss probe has replaced it.
 		if !rcvdSeg.parsedOptions.TS {
 			if rtt, ok := s.karnRTT(rcvdSeg.rcvdTime); ok {
 				bestRTT = rtt
 				s.updateRTO(rtt)
-				s.resendTimer.enable(s.RTO)
+				if s.resendTimer.enabled() {
+					s.resendTimer.enable(s.RTO)
+				}
 			}
 		}
 
