@@ -382,8 +382,8 @@ top:
 
 			// add to parallel and sequential queue
 			if peer.isRunning.Load() {
+				peer.device.sealBatch(elemsContainer) // threshold: inline.go
 				peer.queue.outbound.c <- elemsContainer
-				peer.device.queue.encryption.c <- elemsContainer
 			} else {
 				for _, elem := range elemsContainer.elems {
 					peer.device.PutMessageBuffer(elem.buffer)
