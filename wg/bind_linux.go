@@ -368,7 +368,13 @@ type recvState struct {
 	cache [endpointCacheSize]*endpoint
 	// readFn is the recvmmsg call for RawConn.Read, made once so that no
 	// closure is allocated per call; want is its argument, got and err
-	// its results.
+	// its results. It is a raw syscall, as is sendmmsg below: both are
+	// MSG_DONTWAIT and never block, and a plain one tells the runtime
+	// that the goroutine may be gone a while, so that sysmon, polling
+	// every 20 us, takes its P away from a batch call that lasts longer
+	// and wakes another thread to run it: on the loopback bench a third
+	// of the processes' context switches, and 13-14% of their CPU per GB
+	// (BENCHMARKS.md, optimisation log).
 	readFn    func(fd uintptr) bool
 	want, got int
 	err       error
@@ -377,7 +383,7 @@ type recvState struct {
 func (r *recvState) init() {
 	r.readFn = func(fd uintptr) bool {
 		for {
-			m, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(r.want), unix.MSG_DONTWAIT, 0, 0)
+			m, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(r.want), unix.MSG_DONTWAIT, 0, 0)
 			switch e {
 			case 0:
 				r.got, r.err = int(m), nil
@@ -542,7 +548,7 @@ func newSendState() *sendState {
 	st := new(sendState)
 	st.writeFn = func(fd uintptr) bool {
 		for len(st.pending) > 0 {
-			m, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&st.pending[0])), uintptr(len(st.pending)), unix.MSG_DONTWAIT, 0, 0)
+			m, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&st.pending[0])), uintptr(len(st.pending)), unix.MSG_DONTWAIT, 0, 0)
 			switch e {
 			case 0:
 				st.pending = st.pending[m:]
