@@ -400,8 +400,9 @@ type direction struct {
 // directions have ended, on the goroutine that ended the second.
 func (j *join) reactive(a, b net.Conn, wa, wb *waiter, m Meter, then func(Joined)) {
 	j.a, j.b, j.then = a, b, then
-	j.ab = &direction{j: j, src: a, dst: b, w: wa, count: m.AToB}
-	j.ba = &direction{j: j, src: b, dst: a, w: wb, count: m.BToA}
+	ra, rb := rawIO(a), rawIO(b)
+	j.ab = &direction{j: j, src: ra, dst: rb, w: wa, count: m.AToB}
+	j.ba = &direction{j: j, src: rb, dst: ra, w: wb, count: m.BToA}
 	j.watchdog = time.AfterFunc(j.t.Idle, j.checkIdle)
 	// Both start copying: a wrapper may hold bytes already.
 	go j.ab.copy()

@@ -1,0 +1,116 @@
+package forward
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// rawTCP is a kernel TCP socket that a join reads and writes with raw
+// syscalls. The socket is non-blocking (the runtime's poller waits for it,
+// with its deadlines, through RawConn), so read and write never block in
+// the kernel; made as plain syscalls, they tell the runtime the goroutine
+// may be gone a while, and sysmon, which looks every 20 us, hands the P of
+// one that lasts longer (a 64 KiB write to a loopback socket runs the
+// receiver's side too) to another thread, waking it: a context switch per
+// copy at high rates. Everything but Read and Write is the TCPConn's.
+type rawTCP struct {
+	*net.TCPConn
+	rc syscall.RawConn
+
+	// The calls' arguments and results, with the functions made once, so
+	// that a call allocates nothing; apart for each way, as a join reads
+	// a socket on one goroutine while it writes to it on another.
+	rp, wp         []byte
+	rn, wn         int
+	rerrno, werrno syscall.Errno
+	readFn         func(fd uintptr) bool
+	writeFn        func(fd uintptr) bool
+}
+
+// rawIO returns c as a rawTCP if it is a kernel TCP socket itself (not a
+// wrapper, which may hold bytes of its own), else c.
+func rawIO(c net.Conn) net.Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return c
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	r := &rawTCP{TCPConn: tc, rc: rc}
+	r.readFn = func(fd uintptr) bool {
+		for {
+			m, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(r.rp))), uintptr(len(r.rp)))
+			switch e {
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				return false
+			}
+			r.rn, r.rerrno = int(m), e
+			return true
+		}
+	}
+	r.writeFn = func(fd uintptr) bool {
+		for len(r.wp) > 0 {
+			m, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(r.wp))), uintptr(len(r.wp)))
+			switch e {
+			case 0:
+				r.wn += int(m)
+				r.wp = r.wp[m:]
+			case unix.EINTR:
+			case unix.EAGAIN:
+				return false
+			default:
+				r.werrno = e
+				return true
+			}
+		}
+		return true
+	}
+	return r
+}
+
+// Read is net.Conn's: an error wraps the errno (errors.Is finds
+// ECONNRESET), a deadline gives os.ErrDeadlineExceeded, a closed socket
+// net.ErrClosed, the end of stream io.EOF.
+func (r *rawTCP) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	r.rp, r.rn, r.rerrno = p, 0, 0
+	err := r.rc.Read(r.readFn)
+	n, errno := r.rn, r.rerrno
+	r.rp = nil
+	switch {
+	case err != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: r.LocalAddr(), Addr: r.RemoteAddr(), Err: err}
+	case errno != 0:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: r.LocalAddr(), Addr: r.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// Write is net.Conn's: it writes all of p or returns an error, as Read
+// describes.
+func (r *rawTCP) Write(p []byte) (int, error) {
+	r.wp, r.wn, r.werrno = p, 0, 0
+	err := r.rc.Write(r.writeFn)
+	n, errno := r.wn, r.werrno
+	r.wp = nil
+	switch {
+	case err != nil:
+		return n, &net.OpError{Op: "write", Net: "tcp", Source: r.LocalAddr(), Addr: r.RemoteAddr(), Err: err}
+	case errno != 0:
+		return n, &net.OpError{Op: "write", Net: "tcp", Source: r.LocalAddr(), Addr: r.RemoteAddr(), Err: os.NewSyscallError("write", errno)}
+	}
+	return n, nil
+}
