@@ -112,9 +112,10 @@ type endpoint struct {
 
 var _ conn.Endpoint = (*endpoint)(nil)
 
-func (e *endpoint) ClearSrc()           { e.cleared.Store(true) }
-func (e *endpoint) DstIP() netip.Addr   { return e.dst.Addr() }
-func (e *endpoint) DstToString() string { return e.dst.String() }
+func (e *endpoint) ClearSrc()                   { e.cleared.Store(true) }
+func (e *endpoint) dstAddrPort() netip.AddrPort { return e.dst }
+func (e *endpoint) DstIP() netip.Addr           { return e.dst.Addr() }
+func (e *endpoint) DstToString() string         { return e.dst.String() }
 func (e *endpoint) DstToBytes() []byte {
 	b, _ := e.dst.MarshalBinary()
 	return b

@@ -193,8 +193,9 @@ func (w *handshakeWatch) forget(from netip.AddrPort) {
 }
 
 func endpointAddr(ep conn.Endpoint) netip.AddrPort {
-	if e, ok := ep.(*endpoint); ok {
-		return e.dst
+	// Our Linux bind's endpoint gives it without a round trip through text.
+	if e, ok := ep.(interface{ dstAddrPort() netip.AddrPort }); ok {
+		return e.dstAddrPort()
 	}
 	ap, _ := netip.ParseAddrPort(ep.DstToString())
 	return ap
