@@ -46,6 +46,11 @@ type simAck struct {
 	id int
 }
 
+// simLink is the bottleneck's state: when it is next free to send.
+type simLink struct {
+	free tcpip.MonotonicTime
+}
+
 type simNet struct {
 	t        *testing.T
 	rate     float64       // bottleneck bytes per second
@@ -77,8 +82,8 @@ type simNet struct {
 	pkts    []simPacket
 	retx    []int
 	acks    []simAck
-	free    tcpip.MonotonicTime
-	flight  int // sent, not delivered, not marked lost
+	bn      *simLink // the bottleneck, shared by flows that compete
+	flight  int      // sent, not delivered, not marked lost
 	offered float64
 
 	recovery      bool
@@ -101,6 +106,7 @@ func newSimNet(t *testing.T, mbit float64, rtt time.Duration, loss float64) *sim
 		loss:  loss,
 		tick:  20 * time.Microsecond,
 		rng:   rand.New(rand.NewPCG(1, 2)),
+		bn:    &simLink{},
 	}
 	n.now = tcpip.MonotonicTime{}.Add(time.Second)
 	n.m.init(simMSS, InitialCwnd, bbrMaxCwnd, 0, 12345)
@@ -110,13 +116,18 @@ func newSimNet(t *testing.T, mbit float64, rtt time.Duration, loss float64) *sim
 func (n *simNet) run(d time.Duration) {
 	end := n.now.Add(d)
 	for n.now.Before(end) {
-		n.now = n.now.Add(n.tick)
-		if n.appLimit > 0 {
-			n.offered += n.appLimit * n.tick.Seconds()
-		}
-		n.processAcks()
-		n.send()
+		n.step()
 	}
+}
+
+// step advances the flow by one tick.
+func (n *simNet) step() {
+	n.now = n.now.Add(n.tick)
+	if n.appLimit > 0 {
+		n.offered += n.appLimit * n.tick.Seconds()
+	}
+	n.processAcks()
+	n.send()
 }
 
 func (n *simNet) processAcks() {
@@ -206,15 +217,15 @@ func (n *simNet) send() {
 		if n.rng.Float64() < n.loss {
 			continue
 		}
-		if n.free.Before(n.now) {
-			n.free = n.now
+		if n.bn.free.Before(n.now) {
+			n.bn.free = n.now
 		}
-		if n.free.Sub(n.now) > n.queue {
+		if n.bn.free.Sub(n.now) > n.queue {
 			n.tailDrops++
 			continue
 		}
 		if n.queueDelay != nil {
-			n.queueDelay(n.free.Sub(n.now))
+			n.queueDelay(n.bn.free.Sub(n.now))
 		}
 		rate := n.rate
 		if n.rateJitter > 0 {
@@ -224,8 +235,8 @@ func (n *simNet) send() {
 			}
 			rate = n.rateNow
 		}
-		n.free = n.free.Add(time.Duration(float64(simMSS+60) / rate * float64(time.Second)))
-		at := n.free.Add(2 * n.delay)
+		n.bn.free = n.bn.free.Add(time.Duration(float64(simMSS+60) / rate * float64(time.Second)))
+		at := n.bn.free.Add(2 * n.delay)
 		if n.ackJitter > 0 {
 			at = at.Add(time.Duration(n.rng.Int64N(int64(n.ackJitter))))
 		}
@@ -308,7 +319,7 @@ func TestBBRStartupExitsOnPlateau(t *testing.T) {
 	// overfilled: at most the 1.25 probe's quarter BDP plus bursts).
 	maxQueue := time.Duration(0)
 	n.onAck = func(n *simNet) {
-		if q := n.free.Sub(n.now); q > maxQueue {
+		if q := n.bn.free.Sub(n.now); q > maxQueue {
 			maxQueue = q
 		}
 	}
