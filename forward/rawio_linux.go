@@ -88,12 +88,10 @@ func (r *rawTCP) Read(p []byte) (int, error) {
 	err := r.rc.Read(r.readFn)
 	n, errno := r.rn, r.rerrno
 	r.rp = nil
-	switch {
-	case err != nil:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: r.LocalAddr(), Addr: r.RemoteAddr(), Err: err}
-	case errno != 0:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: r.LocalAddr(), Addr: r.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
-	case n == 0:
+	if err := r.opError("read", err, errno); err != nil {
+		return 0, err
+	}
+	if n == 0 {
 		return 0, io.EOF
 	}
 	return n, nil
@@ -106,11 +104,17 @@ func (r *rawTCP) Write(p []byte) (int, error) {
 	err := r.rc.Write(r.writeFn)
 	n, errno := r.wn, r.werrno
 	r.wp = nil
-	switch {
-	case err != nil:
-		return n, &net.OpError{Op: "write", Net: "tcp", Source: r.LocalAddr(), Addr: r.RemoteAddr(), Err: err}
-	case errno != 0:
-		return n, &net.OpError{Op: "write", Net: "tcp", Source: r.LocalAddr(), Addr: r.RemoteAddr(), Err: os.NewSyscallError("write", errno)}
+	return n, r.opError("write", err, errno)
+}
+
+// opError is the error of a call: the poller's (deadline, closed), else
+// the syscall's errno, as net.Conn gives them; nil if neither.
+func (r *rawTCP) opError(op string, err error, errno syscall.Errno) error {
+	if err == nil && errno == 0 {
+		return nil
 	}
-	return n, nil
+	if err == nil {
+		err = os.NewSyscallError(op, errno)
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: r.LocalAddr(), Addr: r.RemoteAddr(), Err: err}
 }
