@@ -498,6 +498,13 @@ func (p *probeGuard) Read(b []byte) (int, error) {
 // Raw is the wrapped connection, for a half-close.
 func (p *probeGuard) Raw() net.Conn { return p.Conn }
 
+// Rewrap is the guard, in its state, over inner (the same socket, read and
+// written with raw syscalls: rawIO). The copy is read from instead of p,
+// so the first read is checked once, by whichever is read first.
+func (p *probeGuard) Rewrap(inner net.Conn) net.Conn {
+	return &probeGuard{Conn: inner, g: p.g, checked: p.checked}
+}
+
 // takeProbe is called for each routed public connection before it goes
 // to a client. It answers a probe and reports true, or returns the
 // connection to forward, guarded. On a port that is not peeked it first

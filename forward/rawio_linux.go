@@ -32,9 +32,25 @@ type rawTCP struct {
 	writeFn        func(fd uintptr) bool
 }
 
-// rawIO returns c as a rawTCP if it is a kernel TCP socket itself (not a
-// wrapper, which may hold bytes of its own), else c.
+// rawIO returns c as a rawTCP if it is a kernel TCP socket itself, c made
+// again over a rawTCP if it is a rewrapper over one (the gateway's probe
+// guard and peek replay wrap every public connection), else c: another
+// wrapper may hold bytes of its own.
 func rawIO(c net.Conn) net.Conn {
+	return rawIODepth(c, 8)
+}
+
+func rawIODepth(c net.Conn, depth int) net.Conn {
+	if w, ok := c.(rewrapper); ok {
+		inner := w.Raw()
+		if depth == 0 || inner == nil {
+			return c
+		}
+		if r := rawIODepth(inner, depth-1); r != inner {
+			return w.Rewrap(r)
+		}
+		return c
+	}
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return c
@@ -117,4 +133,14 @@ func (r *rawTCP) opError(op string, err error, errno syscall.Errno) error {
 		err = os.NewSyscallError(op, errno)
 	}
 	return &net.OpError{Op: op, Net: "tcp", Source: r.LocalAddr(), Addr: r.RemoteAddr(), Err: err}
+}
+
+// rewrapper is a wrapper whose reads and writes reach the connection it
+// wraps (Raw) after bytes of its own, and which can be made again, with
+// the same state, over another connection to the same socket. rawIO puts a
+// rawTCP under one that way. The join then reads and writes only the new
+// wrapper; the old one stays what it closes and waits on.
+type rewrapper interface {
+	Raw() net.Conn
+	Rewrap(inner net.Conn) net.Conn
 }

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/thresholdtunnel/threshold/forward/sniff"
 )
 
 // tcpPair is a connected pair of kernel TCP sockets on loopback.
@@ -115,5 +117,78 @@ func TestRawTCP(t *testing.T) {
 	}
 	if _, err := rs.Write(buf[:1]); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("write to a closed socket: %v, want net.ErrClosed", err)
+	}
+}
+
+// TestRawIORewraps: the gateway's wrappers of a public connection (the
+// probe guard, over the peek's replay or over the socket) are made again
+// over a rawTCP, in their state: the peeked bytes come first, once, and
+// the rest of the stream follows; a wrapper that cannot be made again is
+// left alone.
+func TestRawIORewraps(t *testing.T) {
+	c, s := tcpPair(t)
+	const req = "GET / HTTP/1.1\r\nHost: app.example\r\n\r\n"
+	if _, err := c.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	host, _, replay, err := sniff.Hostname(s, 5*time.Second, 4096)
+	if err != nil || host != "app.example" {
+		t.Fatalf("peek: %q, %v", host, err)
+	}
+	guard := &probeGuard{Conn: replay}
+	r := rawIO(guard)
+	rg, ok := r.(*probeGuard)
+	if !ok || rg == guard {
+		t.Fatalf("rawIO gave %T (the same guard: %v), want a new *probeGuard", r, rg == guard)
+	}
+	inner, ok := rg.Conn.(interface{ Raw() net.Conn })
+	if !ok || rg.Conn == replay {
+		t.Fatalf("the new guard wraps %T, want a new replay", rg.Conn)
+	}
+	if _, ok := inner.Raw().(*rawTCP); !ok {
+		t.Fatalf("the new replay wraps %T, want *rawTCP", inner.Raw())
+	}
+	if p := sniff.Peeked(replay); p != nil {
+		t.Errorf("the old replay still holds %q", p)
+	}
+	if _, err := c.Write([]byte("more")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(req)+4)
+	if _, err := io.ReadFull(r, got); err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != req+"more" {
+		t.Errorf("read %q, want the request then %q", got, "more")
+	}
+	// Writes and the half-close reach the socket through the new wrappers.
+	if _, err := r.Write([]byte("reply")); err != nil {
+		t.Fatal(err)
+	}
+	if err := closeWrite(r); err != nil {
+		t.Fatal(err)
+	}
+	back, err := io.ReadAll(c)
+	if err != nil || string(back) != "reply" {
+		t.Errorf("the peer read %q, %v; want %q then the end of stream", back, err, "reply")
+	}
+
+	// A guard straight over the socket.
+	c2, s2 := tcpPair(t)
+	g2 := rawIO(&probeGuard{Conn: s2, checked: true})
+	if pg, ok := g2.(*probeGuard); !ok || !pg.checked {
+		t.Fatalf("rawIO gave %T, want a checked *probeGuard", g2)
+	} else if _, ok := pg.Conn.(*rawTCP); !ok {
+		t.Fatalf("the guard wraps %T, want *rawTCP", pg.Conn)
+	}
+	c2.Write([]byte("x"))
+	if _, err := io.ReadFull(g2, got[:1]); err != nil || got[0] != 'x' {
+		t.Errorf("read %q, %v", got[:1], err)
+	}
+
+	// A guard over a wrapper that cannot be made again stays as it is.
+	other := &probeGuard{Conn: struct{ net.Conn }{s2}}
+	if rawIO(other) != net.Conn(other) {
+		t.Error("rawIO remade a guard over a wrapper it cannot remake")
 	}
 }

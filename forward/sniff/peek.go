@@ -529,3 +529,15 @@ func (c *replayConn) Read(p []byte) (int, error) {
 // Raw is the connection under the replayed bytes, so that a half-close
 // (CloseWrite) reaches it through this wrapper, as through go-proxyproto's.
 func (c *replayConn) Raw() net.Conn { return c.Conn }
+
+// Rewrap moves the bytes not yet replayed to a new replay over inner, the
+// same connection in another wrapper (a forwarder reading the socket with
+// raw syscalls), and returns it; c is left with none, so the bytes are
+// read once, from the new one.
+func (c *replayConn) Rewrap(inner net.Conn) net.Conn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := &replayConn{Conn: inner, pending: c.pending, peeked: c.peeked, alpn: c.alpn}
+	c.pending = nil
+	return n
+}
