@@ -513,10 +513,11 @@ func (b *Buffer) WriteFromReaderAndLimitedReader(r io.Reader, count int64, lr *i
 		if vsize > MaxChunkSize {
 			vsize = MaxChunkSize
 		}
-		v := NewView(int(vsize))
+		v := newViewUncleared(int(vsize))
 		lr.R = r
 		lr.N = vsize
 		n, err := io.Copy(v, lr)
+		v.clearTail()
 		b.Append(v)
 		done += n
 		if err == io.EOF {

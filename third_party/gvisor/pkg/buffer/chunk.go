@@ -107,7 +107,7 @@ func (c *chunk) DecRef() {
 }
 
 func (c *chunk) Clone() *chunk {
-	cpy := newChunk(len(c.data))
+	cpy := newChunkUncleared(len(c.data))
 	copy(cpy.data, c.data)
 	return cpy
 }

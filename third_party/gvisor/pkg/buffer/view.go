@@ -76,10 +76,9 @@ func NewViewSize(size int) *View {
 // When in doubt use NewWithView to maximize chunk reuse in production
 // environments.
 func NewViewWithData(data []byte) *View {
-	c := newChunk(len(data))
-	v := viewPool.Get().(*View)
-	*v = View{chunk: c}
+	v := newViewUncleared(len(data))
 	v.Write(data)
+	v.clearTail()
 	return v
 }
 
