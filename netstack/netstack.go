@@ -250,10 +250,18 @@ func (s *Stack) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return n, nil
 }
 
+// copyPacket copies pkt into dst, view by view (AsSlices would allocate).
 func copyPacket(dst []byte, pkt *stack.PacketBuffer) int {
+	vl, skip := pkt.AsViewList()
 	n := 0
-	for _, v := range pkt.AsSlices() {
-		n += copy(dst[n:], v)
+	for v := vl.Front(); v != nil; v = v.Next() {
+		b := v.AsSlice()
+		if skip >= len(b) {
+			skip -= len(b)
+			continue
+		}
+		n += copy(dst[n:], b[skip:])
+		skip = 0
 	}
 	return n
 }
@@ -261,7 +269,10 @@ func copyPacket(dst []byte, pkt *stack.PacketBuffer) int {
 // Write implements tun.Device: it injects a batch of decrypted packets
 // into the stack, coalescing TCP segments of a flow where it can.
 func (s *Stack) Write(bufs [][]byte, offset int) (int, error) {
-	pkts := make([]*stack.PacketBuffer, 0, len(bufs))
+	// wireguard-go's batches are at most BatchSize packets; the array
+	// stays on this goroutine's stack (deliver keeps no reference).
+	var arr [BatchSize]*stack.PacketBuffer
+	pkts := arr[:0]
 	defer func() {
 		for _, p := range pkts {
 			p.DecRef()

@@ -63,17 +63,17 @@ func (g *segmenter) load(pkt *stack.PacketBuffer) bool {
 	if (opts.Type != stack.GSOTCPv4 && opts.Type != stack.GSOTCPv6) || g.mss <= 0 || g.ipLen+header.TCPMinimumSize > size || g.ipLen+header.TCPMinimumSize > maxHeaders {
 		return false
 	}
-	g.views = pkt.AsSlices()
+	g.views = appendSlices(g.views[:0], pkt)
 	// Headers first: the IP header and the TCP header's fixed part, to
 	// learn the TCP header's length, then the rest of it.
 	if copyFrom(g.views, 0, g.hdr[:g.ipLen+header.TCPMinimumSize]) < g.ipLen+header.TCPMinimumSize {
-		g.views = nil
+		g.dropViews()
 		return false
 	}
 	g.tcpLen = int(header.TCP(g.hdr[g.ipLen:]).DataOffset())
 	hdrLen := g.ipLen + g.tcpLen
 	if g.tcpLen < header.TCPMinimumSize || hdrLen > size || hdrLen > maxHeaders {
-		g.views = nil
+		g.dropViews()
 		return false
 	}
 	copyFrom(g.views, 0, g.hdr[:hdrLen])
@@ -87,7 +87,7 @@ func (g *segmenter) load(pkt *stack.PacketBuffer) bool {
 	}
 	g.active = g.payload > 0
 	if !g.active {
-		g.views = nil
+		g.dropViews()
 		return false
 	}
 	pkt.IncRef()
@@ -119,8 +119,32 @@ func (g *segmenter) release() {
 		g.pkt.DecRef()
 		g.pkt = nil
 	}
-	g.views = nil
+	g.dropViews()
 	g.active = false
+}
+
+// dropViews forgets pkt's views, keeping the slice's array for the next
+// packet (a GSO packet has a few dozen views: AsSlices would allocate a
+// slice for each one).
+func (g *segmenter) dropViews() {
+	clear(g.views)
+	g.views = g.views[:0]
+}
+
+// appendSlices appends pkt's bytes to dst as slices of its views: what
+// PacketBuffer.AsSlices returns, without a new slice per packet.
+func appendSlices(dst [][]byte, pkt *stack.PacketBuffer) [][]byte {
+	vl, skip := pkt.AsViewList()
+	for v := vl.Front(); v != nil; v = v.Next() {
+		b := v.AsSlice()
+		if skip >= len(b) {
+			skip -= len(b)
+			continue
+		}
+		dst = append(dst, b[skip:])
+		skip = 0
+	}
+	return dst
 }
 
 // emit writes the next segment into dst and returns its length.

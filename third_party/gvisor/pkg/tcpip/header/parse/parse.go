@@ -77,6 +77,11 @@ func IPv6(pkt *stack.PacketBuffer) (proto tcpip.TransportProtocolNumber, fragID 
 		return 0, 0, 0, false, false
 	}
 	ipHdr := header.IPv6(hdr)
+	// threshold: TCP and UDP without extension headers skip the walk
+	// (parse_ipv6.go).
+	if proto, ok := ipv6TransportOnly(pkt, ipHdr); ok {
+		return proto, 0, 0, false, true
+	}
 
 	// Create a VV to parse the packet. We don't plan to modify anything here.
 	// dataVV consists of:

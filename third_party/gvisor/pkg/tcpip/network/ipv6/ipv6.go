@@ -1552,6 +1552,12 @@ func (e *endpoint) deliverPacketLocally(h header.IPv6, pkt *stack.PacketBuffer, 
 		}
 	}
 
+	// threshold: TCP and UDP without extension headers skip the walk
+	// (ipv6_transport.go).
+	if e.deliverTransportOnly(h, pkt) {
+		return
+	}
+
 	// Any returned error is only useful for terminating execution early, but
 	// we have nothing left to do, so we can drop it.
 	_ = e.processExtensionHeaders(h, pkt, false /* forwarding */)

@@ -428,37 +428,12 @@ func (gd *GRO) dispatch6(pkt *stack.PacketBuffer) {
 	ipHdr := header.IPv6(hdrBytes)
 
 	// Getting the IP header (+ extension headers) size is a bit of a pain
-	// on IPv6.
-	transProto := tcpip.TransportProtocolNumber(ipHdr.NextHeader())
-	buf := pkt.Data().ToBuffer()
-	buf.TrimFront(header.IPv6MinimumSize)
-	it := header.MakeIPv6PayloadIterator(header.IPv6ExtensionHeaderIdentifier(transProto), buf)
-	ipHdrSize := int(header.IPv6MinimumSize)
-	for {
-		transProto = tcpip.TransportProtocolNumber(it.NextHeaderIdentifier())
-		extHdr, done, err := it.Next()
-		if err != nil {
-			gd.handlePacket(pkt)
-			return
-		}
-		if done {
-			break
-		}
-		switch extHdr.(type) {
-		// We can GRO these, so just skip over them.
-		case header.IPv6HopByHopOptionsExtHdr:
-		case header.IPv6RoutingExtHdr:
-		case header.IPv6DestinationOptionsExtHdr:
-		case header.IPv6ExperimentExtHdr:
-		default:
-			// This is either a TCP header or something we can't handle.
-			ipHdrSize = int(it.HeaderOffset())
-			done = true
-		}
-		extHdr.Release()
-		if done {
-			break
-		}
+	// on IPv6 (threshold: not for a TCP segment right after the fixed
+	// header; gro_ipv6.go).
+	transProto, ipHdrSize, ok := ipv6TransportOffset(pkt, ipHdr)
+	if !ok {
+		gd.handlePacket(pkt)
+		return
 	}
 
 	hdrBytes, ok = pkt.Data().PullUp(ipHdrSize + header.TCPMinimumSize)
