@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
@@ -156,6 +157,54 @@ func TestLinkBackPressure(t *testing.T) {
 		t.Fatal("Close kept packets")
 	}
 	l.Close()
+}
+
+// The NIC's queueing discipline, which every packet the stack sends goes
+// through, queues on the link with the same back-pressure, and fails with
+// ErrClosedForSend once the link is closed.
+func TestLinkQDiscBackPressure(t *testing.T) {
+	l := newLink(1, 1420, true)
+	q := linkQDisc{l}
+	mk := func() *stack.PacketBuffer {
+		return stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(make([]byte, 100))})
+	}
+	first, second := mk(), mk()
+	defer first.DecRef()
+	defer second.DecRef()
+	if err := q.WritePacket(first); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan tcpip.Error, 1)
+	go func() { done <- q.WritePacket(second) }()
+	select {
+	case err := <-done:
+		t.Fatalf("WritePacket returned %v with the queue full", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if p := l.pop(); p != first {
+		t.Fatal("the first packet is not first in the queue")
+	} else {
+		p.DecRef()
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("sender not released by room in the queue")
+	}
+	l.Close()
+	third := mk()
+	defer third.DecRef()
+	if err := q.WritePacket(third); err == nil {
+		t.Fatal("WritePacket succeeded on a closed link")
+	} else if _, ok := err.(*tcpip.ErrClosedForSend); !ok {
+		t.Fatalf("WritePacket on a closed link: %v, want ErrClosedForSend", err)
+	}
+	if l.pop() != nil {
+		t.Fatal("Close kept packets, or a write after it queued one")
+	}
 }
 
 // connected dials n connections from a to b's port and returns each

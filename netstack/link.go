@@ -97,18 +97,9 @@ func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	l.mu.Lock()
 	for _, pkt := range pkts.AsSlice() {
-		size := pkt.Size()
-		// A packet always fits an empty queue, whatever its size.
-		for !l.closed && len(l.q)-l.head > 0 && (len(l.q)-l.head >= l.maxPkts || l.bytes+size > l.maxBytes) {
-			l.wake() // the reader must know of what is queued
-			l.space.Wait()
-		}
-		if l.closed {
+		if !l.enqueueLocked(pkt) {
 			break
 		}
-		pkt.IncRef()
-		l.q = append(l.q, pkt)
-		l.bytes += size
 		n++
 	}
 	closed := l.closed
@@ -121,6 +112,47 @@ func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	}
 	return n, nil
 }
+
+// writePacket is WritePackets for one packet, without the list.
+func (l *link) writePacket(pkt *stack.PacketBuffer) tcpip.Error {
+	l.mu.Lock()
+	ok := l.enqueueLocked(pkt)
+	l.mu.Unlock()
+	if !ok {
+		return &tcpip.ErrClosedForSend{}
+	}
+	l.wake()
+	return nil
+}
+
+// enqueueLocked queues pkt, waiting while the queue is full; false once
+// the link is closed.
+func (l *link) enqueueLocked(pkt *stack.PacketBuffer) bool {
+	size := pkt.Size()
+	// A packet always fits an empty queue, whatever its size.
+	for !l.closed && len(l.q)-l.head > 0 && (len(l.q)-l.head >= l.maxPkts || l.bytes+size > l.maxBytes) {
+		l.wake() // the reader must know of what is queued
+		l.space.Wait()
+	}
+	if l.closed {
+		return false
+	}
+	pkt.IncRef()
+	l.q = append(l.q, pkt)
+	l.bytes += size
+	return true
+}
+
+// linkQDisc is the NIC's queueing discipline: each packet the stack sends
+// goes to the link as it is. gVisor's default wraps every packet in a
+// PacketBufferList, an allocation per packet, only for the link to take it
+// out again; the queue and its back-pressure are the link's.
+type linkQDisc struct{ l *link }
+
+func (q linkQDisc) WritePacket(pkt *stack.PacketBuffer) tcpip.Error { return q.l.writePacket(pkt) }
+
+// Close implements stack.QueueingDiscipline; the Stack closes the link.
+func (linkQDisc) Close() {}
 
 func (l *link) wake() {
 	select {

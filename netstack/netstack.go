@@ -192,7 +192,7 @@ func (s *Stack) configure(opts Options) error {
 			return fmt.Errorf("netstack: setting TCP %s: %s", name, err)
 		}
 	}
-	if err := s.stack.CreateNIC(nicID, s.ep); err != nil {
+	if err := s.stack.CreateNICWithOptions(nicID, s.ep, stack.NICOptions{QDisc: linkQDisc{s.ep}}); err != nil {
 		return fmt.Errorf("netstack: creating NIC: %s", err)
 	}
 	var has4, has6 bool
