@@ -1307,9 +1307,10 @@ func (e *Endpoint) handleSegmentsLocked() tcpip.Error {
 		e.route.ConfirmReachable()
 	}
 
-	// Send an ACK for all processed packets if needed.
+	// Send an ACK for all processed packets if needed (threshold: or
+	// hold it for a reply, delack.go).
 	if e.rcv.RcvNxt != e.snd.MaxSentAck {
-		e.snd.sendAck()
+		e.snd.ackProcessed()
 	}
 
 	e.resetKeepaliveTimer(true /* receivedData */)

@@ -1213,6 +1213,7 @@ func (e *Endpoint) cleanupLocked() {
 		e.snd.reorderTimer.cleanup()
 		e.snd.corkTimer.cleanup()
 		e.snd.bbrCleanup()
+		e.snd.delayedACKCleanup()
 	}
 
 	if e.finWait2Timer != nil {

@@ -100,6 +100,8 @@ type protocol struct {
 	// +checklocks:mu
 	delayEnabled bool
 	// +checklocks:mu
+	delayedACK time.Duration // tcpip.TCPDelayedACK (delack.go)
+	// +checklocks:mu
 	alwaysUseSynCookies bool
 	// +checklocks:mu
 	sendBufferSize tcpip.TCPSendBufferSizeRangeOption
@@ -307,6 +309,15 @@ func (p *protocol) SetOption(option tcpip.SettableTransportProtocolOption) tcpip
 		p.mu.Unlock()
 		return nil
 
+	case *tcpip.TCPDelayedACK:
+		if *v < 0 || time.Duration(*v) > maxDelayedACK {
+			return &tcpip.ErrInvalidOptionValue{}
+		}
+		p.mu.Lock()
+		p.delayedACK = time.Duration(*v)
+		p.mu.Unlock()
+		return nil
+
 	case *tcpip.TCPSendBufferSizeRangeOption:
 		if v.Min <= 0 || v.Default < v.Min || v.Default > v.Max {
 			return &tcpip.ErrInvalidOptionValue{}
@@ -449,6 +460,12 @@ func (p *protocol) Option(option tcpip.GettableTransportProtocolOption) tcpip.Er
 	case *tcpip.TCPDelayEnabled:
 		p.mu.RLock()
 		*v = tcpip.TCPDelayEnabled(p.delayEnabled)
+		p.mu.RUnlock()
+		return nil
+
+	case *tcpip.TCPDelayedACK:
+		p.mu.RLock()
+		*v = tcpip.TCPDelayedACK(p.delayedACK)
 		p.mu.RUnlock()
 		return nil
 

@@ -196,6 +196,10 @@ type sender struct {
 
 	// bbr is set when the BBR congestion control is in use (bbr.go).
 	bbr *bbrState `state:"nosave"`
+
+	// delack holds an ACK for a reply to carry (delack.go); nil when the
+	// stack acknowledges at once.
+	delack *delayedACK `state:"nosave"`
 }
 
 // protectedWriteList wraps the write list, checking for invalid state when
@@ -335,6 +339,8 @@ func initSender(ep *Endpoint, iss, irs seqnum.Value, sndWnd seqnum.Size, mss uin
 		panic(fmt.Sprintf("unable to get maxRetries from stack: %s", err))
 	}
 	ep.snd.maxRetries = uint32(maxRetries)
+
+	ep.snd.delack = newDelayedACK(ep.snd)
 }
 
 // initCongestionControl initializes the specified congestion control module and
