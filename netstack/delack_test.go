@@ -3,6 +3,7 @@ package netstack
 import (
 	"bytes"
 	"net/netip"
+	"strconv"
 	"testing"
 	"time"
 
@@ -52,7 +53,7 @@ func (p *rawPeer) next() header.TCP {
 // returns the peer and what the listener accepted.
 func dialRaw(t *testing.T, s *Stack, port uint16) (*rawPeer, *TCPConn) {
 	t.Helper()
-	_, ln := listenAt(t, s, "[fd00::2]:"+itoa(port))
+	_, ln := listenAt(t, s, "[fd00::2]:"+strconv.Itoa(int(port)))
 	t.Cleanup(func() { ln.Close() })
 	p := &rawPeer{t: t, s: s, port: port, seq: 1000,
 		local: tcpip.AddrFrom16(netip.MustParseAddr("fd00::2").As16()),
@@ -72,8 +73,6 @@ func dialRaw(t *testing.T, s *Stack, port uint16) (*rawPeer, *TCPConn) {
 	t.Cleanup(func() { c.Close() })
 	return p, c.(*TCPConn)
 }
-
-func itoa(n uint16) string { return netip.AddrPortFrom(netip.IPv6Unspecified(), n).String()[5:] }
 
 // Less than a full segment of data is acknowledged by the reply that
 // follows it, or failing a reply after DelayedACK, never before; a full
